@@ -1,0 +1,1 @@
+"""The gateway role: holds client WebSockets and relays their frames to logic."""

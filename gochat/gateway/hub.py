@@ -1,0 +1,150 @@
+"""The gateway's hub: its sessions, its timing wheel and its deliveries.
+
+One :class:`GatewayHub` per gateway process. It creates a
+:class:`~gochat.gateway.session.Session` per connection, owns the one
+:class:`~gochat.wheel.HashedWheel` every session's deadline lives on (driven
+by :meth:`tick` from a single ``TimerService``), and writes deliveries from
+logic to the sessions they name, framing each payload once whatever the
+number of recipients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from gochat.errors import CLOSE_SHUTTING_DOWN
+from gochat.gateway import codec
+from gochat.gateway.logic_client import ILogicClient, Subscription
+from gochat.gateway.session import Session, SessionLimits, SessionTransport
+from gochat.model import Delivery
+from gochat.wheel import HashedWheel
+
+_log = Logger()
+
+
+class FramedConnection(SessionTransport, Protocol):
+    """A session's socket that can also take a frame prepared once for many sockets."""
+
+    def send_prepared(self, prepared: object) -> None:
+        """Write a frame made by the hub's *prepare* function."""
+
+
+class GatewayHub:
+    """Sessions, deadlines and deliveries of one gateway."""
+
+    def __init__(
+        self,
+        gateway_id: str,
+        logic: ILogicClient,
+        clock: IReactorTime,
+        limits: SessionLimits,
+        prepare: Callable[[bytes], object],
+        wheel_tick: float = 0.5,
+        wheel_slots: int = 512,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.logic = logic
+        self._clock = clock
+        self._limits = limits
+        self._prepare = prepare
+        self.wheel: HashedWheel[Session] = HashedWheel(wheel_tick, wheel_slots, clock.seconds())
+        #: Authenticated sessions, the ones deliveries may name.
+        self.sessions: dict[str, Session] = {}
+        self._live: dict[str, Session] = {}
+        self._connections: dict[str, FramedConnection] = {}
+        self._next_session = 0
+        self._subscription: Subscription | None = None
+        self.frames_prepared = 0
+        self._drain_waiters: list[Deferred[None]] = []
+
+    def start(self) -> None:
+        """Begin taking deliveries from logic."""
+        self._subscription = self.logic.subscribe(self.gateway_id, self.deliver)
+
+    def stop(self) -> None:
+        """Stop taking deliveries and close every session with the "reconnect elsewhere" code."""
+        if self._subscription is not None:
+            self._subscription.cancel()
+            self._subscription = None
+        for session in list(self._live.values()):
+            session.close(CLOSE_SHUTTING_DOWN, "gateway shutting down; reconnect")
+
+    @property
+    def live_sessions(self) -> int:
+        """How many connections this gateway holds, authenticated or not."""
+        return len(self._live)
+
+    def when_drained(self) -> Deferred[None]:
+        """Fires once no connection is left."""
+        d: Deferred[None] = Deferred()
+        if not self._live:
+            d.callback(None)
+        else:
+            self._drain_waiters.append(d)
+        return d
+
+    def connection_made(self, connection: FramedConnection) -> Session:
+        """A TCP connection arrived: give it a session whose auth deadline starts now."""
+        self._next_session += 1
+        session_id = f"{self._next_session:x}"
+        session = Session(
+            session_id,
+            self.gateway_id,
+            connection,
+            self.logic,
+            self.wheel,
+            self,
+            self._limits,
+            self._clock.seconds(),
+        )
+        self._connections[session_id] = connection
+        self._live[session_id] = session
+        return session
+
+    def connection_lost(self, session: Session) -> None:
+        """The socket of *session* is gone."""
+        session.connection_lost()
+        self._connections.pop(session.session_id, None)
+        self._live.pop(session.session_id, None)
+        if not self._live and self._drain_waiters:
+            waiters, self._drain_waiters = self._drain_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    # SessionObserver
+
+    def session_opened(self, session: Session) -> None:
+        self.sessions[session.session_id] = session
+
+    def session_closed(self, session: Session) -> None:
+        self.sessions.pop(session.session_id, None)
+
+    # Timers
+
+    def tick(self) -> None:
+        """Advance the wheel to now and act on every deadline that passed."""
+        now = self._clock.seconds()
+        for session in self.wheel.advance(now):
+            try:
+                session.deadline_passed(now)
+            except Exception:
+                _log.failure("deadline handling failed for session {session_id}", session_id=session.session_id)
+
+    # Deliveries
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Write *delivery*'s message to each of its sessions here, framed once."""
+        prepared: object | None = None
+        for session_id in delivery.session_ids:
+            session = self.sessions.get(session_id)
+            if session is None or not session.accepts_deliveries:
+                continue
+            if prepared is None:
+                prepared = self._prepare(codec.encode_push(delivery.message))
+                self.frames_prepared += 1
+            self._connections[session_id].send_prepared(prepared)

@@ -1,0 +1,130 @@
+"""Compose the gateway role's services from a frozen config.
+
+:func:`build` only composes ``IService`` objects: the HTTP+WebSocket
+endpoint, the one ``TimerService`` that drives the hub's timing wheel, the
+hub's delivery subscription, and (embedded default) the logic role itself.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService, TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.web.static import Data
+
+from gochat.gateway.http_api import api_resource
+from gochat.gateway.hub import GatewayHub
+from gochat.gateway.logic_client import ILogicClient, LocalLogicClient
+from gochat.gateway.session import SessionLimits
+from gochat.gateway.websocket import GatewayFactory, GatewayWebSocketResource
+from gochat.logic import service as logic_service
+
+EMBEDDED = "embedded"
+
+
+def default_gateway_id() -> str:
+    """Unique per process: host name and pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Everything the gateway role is configured with."""
+
+    listen: str = "tcp:8080"
+    public_url: str = "ws://localhost:8080/ws"
+    logic: str = EMBEDDED
+    gateway_id: str = field(default_factory=default_gateway_id)
+    limits: SessionLimits = field(default_factory=SessionLimits)
+    max_frame_bytes: int = 64 * 1024
+    wheel_tick: float = 0.5
+    wheel_slots: int = 512
+    embedded_logic: logic_service.LogicConfig = field(
+        default_factory=lambda: logic_service.LogicConfig(grpc_listen=None)
+    )
+
+
+class HubService(Service):
+    """Subscribes the hub to its deliveries at start; at stop, closes every session and waits for them."""
+
+    def __init__(self, hub: GatewayHub, reactor: Any, drain_timeout: float) -> None:
+        self._hub = hub
+        self._reactor = reactor
+        self._drain_timeout = drain_timeout
+
+    def startService(self) -> None:
+        super().startService()
+        self._hub.start()
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        self._hub.stop()
+        if not self._hub.live_sessions:
+            return succeed(None)
+        drained = self._hub.when_drained()
+        timeout = self._reactor.callLater(self._drain_timeout, lambda: None if drained.called else drained.callback(None))
+        drained.addBoth(lambda _: timeout.cancel() if timeout.active() else None)
+        return drained
+
+
+class _ClientCloser(Service):
+    """Closes a remote logic client's channel when the gateway stops."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._client.close()
+
+
+def _site(logic: ILogicClient, factory: GatewayFactory, reactor: Any) -> Site:
+    root = Resource()
+    root.putChild(b"", Data(b"gochat gateway: WebSocket at /ws, HTTP API at /api; see docs/protocol.md\n",
+                            "text/plain; charset=utf-8"))
+    root.putChild(b"api", api_resource(logic))
+    root.putChild(b"ws", GatewayWebSocketResource(factory))
+    return Site(root, reactor=reactor)
+
+
+def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None) -> MultiService:
+    """Compose the gateway; *logic* overrides the client the config names (tests)."""
+    top = MultiService()
+    if logic is None:
+        if config.logic == EMBEDDED:
+            embedded = logic_service.build(config.embedded_logic, reactor)
+            embedded.setServiceParent(top)
+            logic = LocalLogicClient(embedded.chat)
+        else:
+            from gochat.grpc_bridge import GrpcLogicClient
+
+            client = GrpcLogicClient(config.logic, reactor)
+            _ClientCloser(client).setServiceParent(top)
+            logic = client
+    factory: GatewayFactory
+    hub = GatewayHub(
+        config.gateway_id,
+        logic,
+        reactor,
+        config.limits,
+        prepare=lambda payload: factory.prepare(payload),
+        wheel_tick=config.wheel_tick,
+        wheel_slots=config.wheel_slots,
+    )
+    factory = GatewayFactory(hub, reactor, config.public_url, config.max_frame_bytes)
+    heartbeat = TimerService(config.wheel_tick, hub.tick)
+    heartbeat.clock = reactor
+    heartbeat.setServiceParent(top)
+    HubService(hub, reactor, config.limits.close_timeout + 1.0).setServiceParent(top)
+    endpoint = serverFromString(reactor, config.listen)
+    StreamServerEndpointService(endpoint, _site(logic, factory, reactor)).setServiceParent(top)
+    top.hub = hub  # type: ignore[attr-defined]
+    return top

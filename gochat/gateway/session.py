@@ -1,0 +1,281 @@
+"""The session state machine: one client connection from handshake to close.
+
+Pure: no reactor, no sockets. The Autobahn protocol feeds it frames and the
+current time; it answers through a :class:`SessionTransport`, talks to logic
+through an :class:`~gochat.gateway.logic_client.ILogicClient`, and keeps one
+timer on the gateway's shared :class:`~gochat.wheel.HashedWheel`: first the
+auth deadline, then the idle timeout, re-armed by every frame.
+
+States::
+
+    AWAITING_AUTH --auth--> AUTHENTICATING --ok--> OPEN
+          |                       |                 |
+          +-- deadline, fatal error, drain ---------+--> CLOSING --> CLOSED
+                                                                (socket gone)
+
+The timer also bounds CLOSING: a peer that does not answer the close
+handshake within ``close_timeout`` is cut off. The auth deadline starts at
+TCP accept, so it also bounds the WebSocket opening handshake.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gochat.errors import ErrorCode, GochatError
+from gochat.gateway import codec
+from gochat.gateway.logic_client import ILogicClient
+from gochat.model import Ack, Identity, SendCommand
+from gochat.ratelimit import TokenBucket
+from gochat.wheel import HashedWheel, WheelTimer
+
+_log = Logger()
+
+
+class SessionState(enum.Enum):
+    """Where a session is in its life; see the module docstring."""
+
+    AWAITING_AUTH = "awaiting_auth"
+    AUTHENTICATING = "authenticating"
+    OPEN = "open"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+_ENDING = frozenset({SessionState.CLOSING, SessionState.CLOSED})
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    """Per-connection limits; every one is a gateway setting."""
+
+    auth_timeout: float = 10.0
+    idle_timeout: float = 60.0
+    close_timeout: float = 5.0
+    max_body_length: int = 8192
+    frames_per_second: float = 50.0
+    frame_burst: int = 100
+    rate_strikes_before_close: int = 50
+
+
+class SessionTransport(Protocol):
+    """The socket side of a session."""
+
+    def send_frame(self, data: bytes) -> None:
+        """Write one text frame."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake with a WebSocket close code."""
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once."""
+
+
+class SessionObserver(Protocol):
+    """Who wants to know when a session is routed and when it ends (the gateway's hub)."""
+
+    def session_opened(self, session: Session) -> None:
+        """The session authenticated; deliveries for it may arrive from now on."""
+
+    def session_closed(self, session: Session) -> None:
+        """The session ended; it receives nothing more."""
+
+
+class Session:
+    """One client connection's protocol logic."""
+
+    def __init__(
+        self,
+        session_id: str,
+        gateway_id: str,
+        transport: SessionTransport,
+        logic: ILogicClient,
+        wheel: HashedWheel[Session],
+        observer: SessionObserver,
+        limits: SessionLimits,
+        now: float,
+    ) -> None:
+        self.session_id = session_id
+        self.gateway_id = gateway_id
+        self.state = SessionState.AWAITING_AUTH
+        self.identity: Identity | None = None
+        self._transport = transport
+        self._logic = logic
+        self._wheel = wheel
+        self._observer = observer
+        self._limits = limits
+        self._bucket = TokenBucket(limits.frames_per_second, limits.frame_burst, now)
+        self._rate_strikes = 0
+        self._last_seen = now
+        self._timer: WheelTimer[Session] = wheel.schedule(self, limits.auth_timeout, now)
+
+    # Input from the connection.
+
+    def frame_received(self, payload: bytes, is_binary: bool, now: float) -> None:
+        """Handle one complete WebSocket message from the client."""
+        if self.state in _ENDING:
+            return
+        if not self._bucket.take(now):
+            self._rate_strikes += 1
+            if self._rate_strikes >= self._limits.rate_strikes_before_close:
+                self.fail(GochatError(ErrorCode.RATE_LIMITED, "too many frames; closing"), close_code=4429)
+            else:
+                self._send_error(GochatError(ErrorCode.RATE_LIMITED, "too many frames; slow down"), None)
+            return
+        self._rate_strikes = 0
+        self._last_seen = now
+        if self.state is SessionState.OPEN:
+            self._wheel.reset(self._timer, self._limits.idle_timeout, now)
+        request_id: str | None = None
+        try:
+            frame = codec.decode_frame(payload, is_binary)
+            request_id = frame.request_id
+            request = codec.parse_request(frame, self._limits.max_body_length)
+        except codec.FrameError as e:
+            self._refuse(e, e.request_id)
+            return
+        except GochatError as e:
+            self._refuse(e, request_id)
+            return
+        self._dispatch(request, request_id)
+
+    def activity(self, now: float) -> None:
+        """Count transport-level traffic (WebSocket ping or pong) as a sign of life."""
+        self._last_seen = now
+        if self.state is SessionState.OPEN:
+            self._wheel.reset(self._timer, self._limits.idle_timeout, now)
+
+    def deadline_passed(self, now: float) -> None:
+        """The wheel says this session's timer ran out: auth deadline, idle timeout or close timeout."""
+        self._last_seen = now
+        if self.state is SessionState.CLOSING:
+            self._transport.abort()
+        elif self.state is SessionState.OPEN:
+            self.fail(GochatError(ErrorCode.IDLE_TIMEOUT, f"no frame for {self._limits.idle_timeout:g}s"))
+        elif self.state is not SessionState.CLOSED:
+            self.fail(GochatError(ErrorCode.AUTH_TIMEOUT, f"not authenticated within {self._limits.auth_timeout:g}s"))
+
+    def connection_lost(self) -> None:
+        """The socket is gone: cancel the timer and un-route the session."""
+        if self.state is SessionState.CLOSED:
+            return
+        self.state = SessionState.CLOSED
+        self._wheel.cancel(self._timer)
+        if self.identity is not None:
+            self._observer.session_closed(self)
+            d = self._logic.disconnect(self.identity, self.gateway_id, self.session_id)
+            d.addErrback(lambda f: _log.failure("disconnect of {session_id} failed", f, session_id=self.session_id))
+
+    # Output.
+
+    def fail(self, error: GochatError, close_code: int | None = None) -> None:
+        """Send an error frame, then close with the error's close code (or *close_code*)."""
+        if self.state in _ENDING:
+            return
+        code = close_code if close_code is not None else error.wire.close_code
+        self._send_error(error, None)
+        self.close(code if code is not None else 4500, error.code.value)
+
+    def close(self, code: int, reason: str) -> None:
+        """Start the closing handshake; the socket is cut if it does not finish in ``close_timeout``."""
+        if self.state in _ENDING:
+            return
+        self.state = SessionState.CLOSING
+        self._wheel.reset(self._timer, self._limits.close_timeout, self._last_seen)
+        self._transport.close(code, reason)
+
+    @property
+    def accepts_deliveries(self) -> bool:
+        """Whether pushes may be written to this session now (authenticated, not closing)."""
+        return self.state is SessionState.OPEN
+
+    def _refuse(self, error: GochatError, request_id: str | None) -> None:
+        if error.wire.close_code is not None:
+            self.fail(error)
+        else:
+            self._send_error(error, request_id)
+
+    def _send_error(self, error: GochatError, request_id: str | None) -> None:
+        self._send(codec.encode_error(error, request_id))
+
+    def _send(self, data: bytes) -> None:
+        if self.state not in _ENDING:
+            self._transport.send_frame(data)
+
+    # Requests.
+
+    def _dispatch(self, request: codec.Request, request_id: str | None) -> None:
+        if isinstance(request, codec.PingRequest):
+            self._send(codec.encode_frame("pong", {}, request_id))
+        elif isinstance(request, codec.AuthRequest):
+            self._authenticate(request, request_id)
+        elif self.state is not SessionState.OPEN:
+            self._send_error(GochatError(ErrorCode.NOT_AUTHENTICATED, "send an auth frame first"), request_id)
+        else:
+            self._send_message(request, request_id)
+
+    def _authenticate(self, request: codec.AuthRequest, request_id: str | None) -> None:
+        if self.state is not SessionState.AWAITING_AUTH:
+            self._send_error(GochatError(ErrorCode.ALREADY_AUTHENTICATED), request_id)
+            return
+        self.state = SessionState.AUTHENTICATING
+        d = self._logic.connect(request.token, self.gateway_id, self.session_id)
+        d.addCallbacks(self._authenticated, self._auth_failed, callbackArgs=(request_id,), errbackArgs=(request_id,))
+
+    def _authenticated(self, identity: Identity, request_id: str | None) -> None:
+        if self.state in _ENDING:
+            # The socket went away while logic routed it: undo the route.
+            d = self._logic.disconnect(identity, self.gateway_id, self.session_id)
+            d.addErrback(lambda f: _log.failure("late disconnect of {session_id} failed", f, session_id=self.session_id))
+            return
+        self.identity = identity
+        self.state = SessionState.OPEN
+        self._observer.session_opened(self)
+        self._wheel.reset(self._timer, self._limits.idle_timeout, self._last_seen)
+        body: dict[str, Any] = {
+            "user_id": identity.user_id,
+            "username": identity.username,
+            "session_id": self.session_id,
+            "heartbeat": self._limits.idle_timeout / 2,
+        }
+        self._send(codec.encode_frame("auth_ok", body, request_id))
+
+    def _auth_failed(self, failure: Failure, request_id: str | None) -> None:
+        if self.state in _ENDING:
+            return
+        error = self._as_error(failure)
+        self.state = SessionState.AWAITING_AUTH
+        self._send_error(error, request_id)
+        if error.wire.close_code is not None:
+            self.close(error.wire.close_code, error.code.value)
+
+    def _send_message(self, request: codec.SendRequest, request_id: str | None) -> None:
+        assert self.identity is not None
+        command = SendCommand(
+            sender_id=self.identity.user_id,
+            sender=self.identity.username,
+            gateway_id=self.gateway_id,
+            session_id=self.session_id,
+            client_msg_id=request.client_msg_id,
+            to_username=request.to,
+            body=request.body,
+        )
+        d = self._logic.send(command)
+        d.addCallbacks(self._acked, self._send_failed, callbackArgs=(request_id,), errbackArgs=(request_id,))
+
+    def _acked(self, ack: Ack, request_id: str | None) -> None:
+        self._send(codec.encode_ack(ack, request_id))
+
+    def _send_failed(self, failure: Failure, request_id: str | None) -> None:
+        self._send_error(self._as_error(failure), request_id)
+
+    def _as_error(self, failure: Failure) -> GochatError:
+        if isinstance(failure.value, GochatError):
+            return failure.value
+        _log.failure("logic call failed for session {session_id}", failure, session_id=self.session_id)
+        return GochatError(ErrorCode.UNAVAILABLE, "the service could not complete the request; retry")

@@ -1,0 +1,109 @@
+"""The Autobahn binding: WebSocket connections in, sessions out.
+
+:class:`GatewayProtocol` is a thin adapter: it hands complete messages and
+the time to its :class:`~gochat.gateway.session.Session` and implements the
+session's transport. Autobahn's own handshake timers are switched off: the
+session's timer on the hub's wheel bounds the opening handshake (it starts
+at TCP accept) and the closing handshake.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.resource import WebSocketResource
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
+from twisted.internet.interfaces import IReactorTime
+from twisted.web.server import Request
+
+from gochat.gateway.hub import GatewayHub
+from gochat.gateway.session import Session
+
+
+class GatewayProtocol(WebSocketServerProtocol):
+    """One client connection."""
+
+    factory: GatewayFactory
+    session: Session | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.session = self.factory.hub.connection_made(self)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self.session is not None:
+            self.session.frame_received(payload, isBinary, self.factory.clock.seconds())
+
+    def onPing(self, payload: bytes) -> None:
+        super().onPing(payload)
+        if self.session is not None:
+            self.session.activity(self.factory.clock.seconds())
+
+    def onPong(self, payload: bytes) -> None:
+        if self.session is not None:
+            self.session.activity(self.factory.clock.seconds())
+
+    def connectionLost(self, reason: Any) -> None:
+        super().connectionLost(reason)
+        if self.session is not None:
+            self.factory.hub.connection_lost(self.session)
+            self.session = None
+
+    # SessionTransport
+
+    def send_frame(self, data: bytes) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendMessage(data, isBinary=False)
+
+    def send_prepared(self, prepared: object) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendPreparedMessage(prepared)
+
+    def close(self, code: int, reason: str) -> None:
+        if self.state == WebSocketProtocol.STATE_OPEN:
+            self.sendClose(code, reason)
+        elif self.state != WebSocketProtocol.STATE_CLOSED:
+            self.abort()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class GatewayFactory(WebSocketServerFactory):
+    """Builds :class:`GatewayProtocol` for one hub."""
+
+    protocol = GatewayProtocol
+
+    def __init__(self, hub: GatewayHub, clock: IReactorTime, url: str, max_frame_bytes: int) -> None:
+        super().__init__(url)
+        self.hub = hub
+        self.clock = clock
+        self.setProtocolOptions(
+            maxFramePayloadSize=max_frame_bytes,
+            maxMessagePayloadSize=max_frame_bytes,
+            openHandshakeTimeout=0,
+            closeHandshakeTimeout=0,
+            autoPingInterval=0,
+            failByDrop=False,
+        )
+
+    def prepare(self, payload: bytes) -> object:
+        """Frame *payload* once as a text message, for :meth:`GatewayProtocol.send_prepared`."""
+        return self.prepareMessage(payload, isBinary=False)
+
+
+class GatewayWebSocketResource(WebSocketResource):
+    """Serves the WebSocket at a path of the gateway's HTTP site.
+
+    The HTTP channel that carried the upgrade request is left behind when
+    Autobahn takes the socket over; its idle timeout is cancelled so no
+    per-connection timer outlives the handshake.
+    """
+
+    def render(self, request: Request) -> Any:
+        channel = request.channel
+        if channel is not None and hasattr(channel, "setTimeout"):
+            channel.setTimeout(None)
+        return super().render(request)

@@ -1,0 +1,334 @@
+"""The one module that touches gRPC threads and futures.
+
+Gateway side, :class:`GrpcLogicClient` implements
+:class:`~gochat.gateway.logic_client.ILogicClient`: each unary call is
+started with ``.future()`` and its completion is handed to the reactor with
+``callFromThread`` (a gRPC done-callback runs on a gRPC thread and may do
+nothing else). The delivery stream is read by one dedicated thread per
+subscription, which hands each delivery to the reactor in order.
+
+Logic side, :class:`LogicServicer` runs each call on a gRPC worker thread
+and crosses into the reactor with ``blockingCallFromThread``;
+:class:`GrpcServerService` starts and stops the server with the application.
+
+Errors cross as a gRPC status plus the stable gochat code in the trailing
+metadata key ``gochat-error``; everything outside this module only sees
+Deferreds and :class:`~gochat.errors.GochatError`.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import grpc
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
+from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gochat.errors import ErrorCode, GochatError
+from gochat.gateway.logic_client import DeliveryHandler
+from gochat.logic.chat import ChatLogic
+from gochat.model import Ack, Delivery, Identity, LoginResult, SendCommand, StoredMessage
+from gochat.v1 import logic_pb2 as pb
+from gochat.v1 import logic_pb2_grpc as pb_grpc
+
+_log = Logger()
+ERROR_METADATA_KEY = "gochat-error"
+T = TypeVar("T")
+
+
+def message_to_pb(message: StoredMessage) -> pb.Message:
+    return pb.Message(
+        msg_id=message.msg_id,
+        conv=message.conv,
+        seq=message.seq,
+        sender_id=message.sender_id,
+        sender=message.sender,
+        client_msg_id=message.client_msg_id,
+        body=message.body,
+        ts=message.ts,
+    )
+
+
+def message_from_pb(message: pb.Message) -> StoredMessage:
+    return StoredMessage(
+        msg_id=message.msg_id,
+        conv=message.conv,
+        seq=message.seq,
+        sender_id=message.sender_id,
+        sender=message.sender,
+        client_msg_id=message.client_msg_id,
+        body=message.body,
+        ts=message.ts,
+    )
+
+
+def error_from_rpc(error: BaseException) -> GochatError:
+    """The :class:`GochatError` an RPC failure stands for."""
+    if isinstance(error, grpc.Call):
+        for key, value in error.trailing_metadata() or ():
+            if key == ERROR_METADATA_KEY:
+                return GochatError.from_wire(str(value), error.details() or "")
+        return GochatError(ErrorCode.UNAVAILABLE, f"logic unreachable: {error.code().name}")
+    return GochatError(ErrorCode.UNAVAILABLE, f"logic call failed: {error!r}")
+
+
+# Gateway side.
+
+
+class _StreamSubscription:
+    """One thread reading a gateway's delivery stream, resubscribing after failures."""
+
+    def __init__(
+        self,
+        stub: pb_grpc.LogicStub,
+        reactor: IReactorFromThreads,
+        gateway_id: str,
+        handler: DeliveryHandler,
+        retry_max: float,
+    ) -> None:
+        self._stub = stub
+        self._reactor = reactor
+        self._gateway_id = gateway_id
+        self._handler = handler
+        self._retry_max = retry_max
+        self._stopped = threading.Event()
+        self._call: Any = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=f"deliveries-{gateway_id}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        delay = 0.1
+        while not self._stopped.is_set():
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self._call = self._stub.Deliveries(pb.DeliveriesRequest(gateway_id=self._gateway_id))
+            try:
+                for item in self._call:
+                    delay = 0.1
+                    delivery = Delivery(item.gateway_id, tuple(item.session_ids), message_from_pb(item.message))
+                    self._reactor.callFromThread(self._handler, delivery)
+            except grpc.RpcError as e:
+                if self._stopped.is_set():
+                    return
+                self._reactor.callFromThread(
+                    _log.warn, "delivery stream lost ({code}); resubscribing", code=str(e.code())
+                )
+            if self._stopped.wait(delay):
+                return
+            delay = min(delay * 2, self._retry_max)
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._stopped.set()
+            if self._call is not None:
+                self._call.cancel()
+
+
+class GrpcLogicClient:
+    """:class:`~gochat.gateway.logic_client.ILogicClient` over a gRPC channel."""
+
+    def __init__(self, target: str, reactor: IReactorFromThreads, timeout: float = 10.0) -> None:
+        self._channel = grpc.insecure_channel(target)
+        self._stub = pb_grpc.LogicStub(self._channel)
+        self._reactor = reactor
+        self._timeout = timeout
+        self._subscriptions: list[_StreamSubscription] = []
+
+    def _call(self, method: Any, request: Any, convert: Callable[[Any], T]) -> Deferred[T]:
+        d: Deferred[T] = Deferred()
+
+        def fire(future: grpc.Future) -> None:
+            error = future.exception()
+            if error is not None:
+                d.errback(Failure(error_from_rpc(error)))
+            else:
+                try:
+                    d.callback(convert(future.result()))
+                except Exception:
+                    d.errback()
+
+        future = method.future(request, timeout=self._timeout)
+        future.add_done_callback(lambda f: self._reactor.callFromThread(fire, f))
+        return d
+
+    def register(self, username: str, password: str) -> Deferred[int]:
+        request = pb.RegisterRequest(username=username, password=password)
+        return self._call(self._stub.Register, request, lambda reply: int(reply.user_id))
+
+    def login(self, username: str, password: str) -> Deferred[LoginResult]:
+        request = pb.LoginRequest(username=username, password=password)
+        return self._call(
+            self._stub.Login, request, lambda reply: LoginResult(reply.user_id, reply.token, reply.expires_at)
+        )
+
+    def connect(self, token: str, gateway_id: str, session_id: str) -> Deferred[Identity]:
+        request = pb.ConnectRequest(token=token, gateway_id=gateway_id, session_id=session_id)
+        return self._call(self._stub.Connect, request, lambda reply: Identity(reply.user_id, reply.username))
+
+    def disconnect(self, identity: Identity, gateway_id: str, session_id: str) -> Deferred[None]:
+        request = pb.DisconnectRequest(user_id=identity.user_id, gateway_id=gateway_id, session_id=session_id)
+        return self._call(self._stub.Disconnect, request, lambda reply: None)
+
+    def send(self, command: SendCommand) -> Deferred[Ack]:
+        request = pb.SendRequest(
+            sender_id=command.sender_id,
+            sender=command.sender,
+            gateway_id=command.gateway_id,
+            session_id=command.session_id,
+            client_msg_id=command.client_msg_id,
+            to_username=command.to_username,
+            body=command.body,
+        )
+        return self._call(
+            self._stub.Send,
+            request,
+            lambda reply: Ack(reply.client_msg_id, reply.msg_id, reply.conv, reply.seq, reply.ts),
+        )
+
+    def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> _StreamSubscription:
+        subscription = _StreamSubscription(self._stub, self._reactor, gateway_id, handler, retry_max=5.0)
+        self._subscriptions.append(subscription)
+        return subscription
+
+    def close(self) -> None:
+        """Cancel the streams and close the channel."""
+        for subscription in self._subscriptions:
+            subscription.cancel()
+        self._channel.close()
+
+
+# Logic side.
+
+_END_OF_STREAM = object()
+
+
+class LogicServicer(pb_grpc.LogicServicer):
+    """Serves the Logic RPCs by calling :class:`ChatLogic` on the reactor thread."""
+
+    def __init__(self, logic: ChatLogic, reactor: IReactorFromThreads, max_queued_deliveries: int = 100_000) -> None:
+        self._logic = logic
+        self._reactor = reactor
+        self._max_queued = max_queued_deliveries
+
+    def _run(self, context: grpc.ServicerContext, function: Callable[..., Deferred[T]], *args: Any) -> T:
+        try:
+            result: T = blockingCallFromThread(self._reactor, function, *args)  # type: ignore[arg-type]
+            return result
+        except GochatError as e:
+            context.set_trailing_metadata(((ERROR_METADATA_KEY, e.code.value),))
+            context.abort(getattr(grpc.StatusCode, e.wire.grpc_status), e.message)
+        except Exception as e:
+            self._reactor.callFromThread(_log.failure, "RPC failed", Failure(e))
+            context.set_trailing_metadata(((ERROR_METADATA_KEY, ErrorCode.INTERNAL.value),))
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        raise AssertionError("context.abort returns only by raising")
+
+    def Register(self, request: pb.RegisterRequest, context: grpc.ServicerContext) -> pb.RegisterReply:
+        user_id = self._run(context, self._logic.register, request.username, request.password)
+        return pb.RegisterReply(user_id=user_id)
+
+    def Login(self, request: pb.LoginRequest, context: grpc.ServicerContext) -> pb.LoginReply:
+        result = self._run(context, self._logic.login, request.username, request.password)
+        return pb.LoginReply(user_id=result.user_id, token=result.token, expires_at=result.expires_at)
+
+    def Connect(self, request: pb.ConnectRequest, context: grpc.ServicerContext) -> pb.ConnectReply:
+        identity = self._run(context, self._logic.connect, request.token, request.gateway_id, request.session_id)
+        return pb.ConnectReply(user_id=identity.user_id, username=identity.username)
+
+    def Disconnect(self, request: pb.DisconnectRequest, context: grpc.ServicerContext) -> pb.DisconnectReply:
+        identity = Identity(request.user_id, "")
+        self._run(context, self._logic.disconnect, identity, request.gateway_id, request.session_id)
+        return pb.DisconnectReply()
+
+    def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
+        command = SendCommand(
+            sender_id=request.sender_id,
+            sender=request.sender,
+            gateway_id=request.gateway_id,
+            session_id=request.session_id,
+            client_msg_id=request.client_msg_id,
+            to_username=request.to_username,
+            body=request.body,
+        )
+        ack = self._run(context, self._logic.send, command)
+        return pb.SendReply(client_msg_id=ack.client_msg_id, msg_id=ack.msg_id, conv=ack.conv, seq=ack.seq, ts=ack.ts)
+
+    def Deliveries(self, request: pb.DeliveriesRequest, context: grpc.ServicerContext) -> Iterator[pb.Delivery]:
+        """Stream the gateway's deliveries until it hangs up.
+
+        A gateway that does not keep up (``max_queued_deliveries`` waiting)
+        has its stream ended; it resubscribes and its sessions recover what
+        they missed by sync. Nothing is dropped without the stream ending.
+        """
+        pending: queue.Queue[object] = queue.Queue()
+        overflowed = threading.Event()
+
+        def enqueue(delivery: Delivery) -> None:
+            if overflowed.is_set():
+                return
+            if pending.qsize() >= self._max_queued:
+                overflowed.set()
+                _log.error("gateway {gateway_id} is {n} deliveries behind; ending its stream",
+                           gateway_id=request.gateway_id, n=self._max_queued)
+                pending.put(_END_OF_STREAM)
+                return
+            pending.put(delivery)
+
+        subscription = blockingCallFromThread(
+            self._reactor, self._logic.deliveries.subscribe, request.gateway_id, enqueue  # type: ignore[arg-type]
+        )
+        context.add_callback(lambda: pending.put(_END_OF_STREAM))
+        try:
+            while True:
+                item = pending.get()
+                if item is _END_OF_STREAM:
+                    break
+                assert isinstance(item, Delivery)
+                yield pb.Delivery(
+                    gateway_id=item.gateway_id, session_ids=item.session_ids, message=message_to_pb(item.message)
+                )
+        finally:
+            self._reactor.callFromThread(subscription.cancel)
+        if overflowed.is_set():
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "delivery stream overflowed; resubscribe")
+
+
+class GrpcServerService(Service):
+    """The logic gRPC server as an ``IService``: listens at start, drains at stop."""
+
+    def __init__(self, servicer: LogicServicer, address: str, reactor: IReactorThreads, max_workers: int = 64) -> None:
+        self._servicer = servicer
+        self._address = address
+        self._reactor = reactor
+        self._max_workers = max_workers
+        self._server: grpc.Server | None = None
+        self.port: int | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        server = grpc.server(ThreadPoolExecutor(max_workers=self._max_workers, thread_name_prefix="grpc-logic"))
+        pb_grpc.add_LogicServicer_to_server(self._servicer, server)
+        self.port = server.add_insecure_port(self._address)
+        if not self.port:
+            raise RuntimeError(f"cannot listen for gRPC on {self._address}")
+        server.start()
+        self._server = server
+        _log.info("logic gRPC listening on {address} (port {port})", address=self._address, port=self.port)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        server, self._server = self._server, None
+        if server is None:
+            return succeed(None)
+        stopped = server.stop(grace=5.0)
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), stopped.wait)  # type: ignore[arg-type]

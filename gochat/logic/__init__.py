@@ -1,0 +1,1 @@
+"""The logic role: accounts, ordering, persistence and routing of messages."""

@@ -1,0 +1,92 @@
+"""One interface per outside world logic talks to.
+
+Each has an in-memory or embedded implementation in this package (used by
+the embedded default and the tests) and, for production, an adapter over the
+real service behind the same interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+
+from gochat.model import Delivery, StoredMessage
+
+
+@dataclass(frozen=True)
+class Account:
+    """A stored user account."""
+
+    user_id: int
+    username: str
+    password_hash: str
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    """Where one live session of a user is: which gateway, which session there."""
+
+    gateway_id: str
+    session_id: str
+
+
+class IAccountStore(Protocol):
+    """Users and their password hashes."""
+
+    def create(self, username: str, password_hash: str, created_at: float) -> Deferred[int]:
+        """Store a new account; fails with ``username_taken`` if the name exists."""
+
+    def by_name(self, username: str) -> Deferred[Account | None]:
+        """The account called *username*, if any."""
+
+    def by_id(self, user_id: int) -> Deferred[Account | None]:
+        """The account with id *user_id*, if any."""
+
+
+class IMessageStore(Protocol):
+    """Durable messages, ordered by seq within each conversation."""
+
+    def append(self, message: StoredMessage) -> Deferred[None]:
+        """Persist *message*; fires only once it is committed. Storing the same message again is a no-op."""
+
+    def by_client_msg_id(self, sender_id: int, client_msg_id: str) -> Deferred[StoredMessage | None]:
+        """The message a sender stored under a client message id, if any."""
+
+    def last_seq(self, conv: str) -> Deferred[int]:
+        """The highest stored seq of *conv*, 0 if it has none."""
+
+
+class IRouteStore(Protocol):
+    """Which sessions each user has open, and on which gateway."""
+
+    def add(self, user_id: int, route: Route) -> Deferred[None]:
+        """Record a live session."""
+
+    def remove(self, user_id: int, route: Route) -> Deferred[None]:
+        """Forget a session."""
+
+    def routes(self, user_ids: Iterable[int]) -> Deferred[dict[int, set[Route]]]:
+        """The live sessions of each of *user_ids*."""
+
+
+DeliveryHandler = Callable[[Delivery], None]
+
+
+class DeliverySubscription(Protocol):
+    """A gateway's live subscription."""
+
+    def cancel(self) -> None:
+        """Stop receiving deliveries."""
+
+
+class IDeliveryBus(Protocol):
+    """Carries deliveries from logic to the gateway that holds the recipient's session."""
+
+    def publish(self, delivery: Delivery) -> Deferred[None]:
+        """Send *delivery* to its gateway; in order with earlier publishes to the same gateway."""
+
+    def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> DeliverySubscription:
+        """Call *handler* with each delivery for *gateway_id* until cancelled."""

@@ -1,0 +1,213 @@
+"""The embedded default's store: SQLite through ``twisted.enterprise.adbapi``.
+
+Accounts are written one by one; messages go through the same
+:class:`~gochat.logic.batch_writer.BatchWriter` as in production, one
+``executemany`` transaction per batch. The pool has a single connection
+(SQLite allows one writer), so statements run in the order they were issued
+and the schema migration issued at start runs before anything else.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.logger import Logger
+
+from gochat.errors import ErrorCode, GochatError
+from gochat.logic.batch_writer import BatchPolicy, BatchWriter
+from gochat.logic.interfaces import Account
+from gochat.model import StoredMessage
+
+_log = Logger()
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            """CREATE TABLE users (
+                user_id INTEGER PRIMARY KEY AUTOINCREMENT,
+                username TEXT NOT NULL UNIQUE,
+                password_hash TEXT NOT NULL,
+                created_at REAL NOT NULL
+            )""",
+            """CREATE TABLE messages (
+                msg_id INTEGER PRIMARY KEY,
+                conv TEXT NOT NULL,
+                seq INTEGER NOT NULL,
+                sender_id INTEGER NOT NULL,
+                sender TEXT NOT NULL,
+                client_msg_id TEXT NOT NULL,
+                body TEXT NOT NULL,
+                ts INTEGER NOT NULL,
+                UNIQUE (conv, seq),
+                UNIQUE (sender_id, client_msg_id)
+            )""",
+        ],
+    ),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+_MESSAGE_COLUMNS = "msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts"
+_INSERT_MESSAGE = f"INSERT OR IGNORE INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+def _configure_connection(connection: sqlite3.Connection) -> None:
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    connection.execute("PRAGMA busy_timeout=5000")
+
+
+def connect_pool(path: str, reactor: IReactorThreads) -> adbapi.ConnectionPool:
+    """A one-connection adbapi pool on the SQLite file at *path*."""
+    return adbapi.ConnectionPool(
+        "sqlite3",
+        path,
+        check_same_thread=False,
+        cp_min=1,
+        cp_max=1,
+        cp_openfun=_configure_connection,
+        cp_reactor=reactor,
+    )
+
+
+def _migrate(cursor: Any) -> int:
+    cursor.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    cursor.execute("SELECT MAX(version) FROM schema_version")
+    current = cursor.fetchone()[0] or 0
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema {current} is newer than this gochat ({SCHEMA_VERSION})")
+    for version, statements in MIGRATIONS:
+        if version > current:
+            for statement in statements:
+                cursor.execute(statement)
+            cursor.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            current = version
+    return int(current)
+
+
+class SqliteAccountStore:
+    """:class:`~gochat.logic.interfaces.IAccountStore` on SQLite."""
+
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+        self._pool = pool
+
+    def create(self, username: str, password_hash: str, created_at: float) -> Deferred[int]:
+        def insert(cursor: Any) -> int:
+            try:
+                cursor.execute(
+                    "INSERT INTO users (username, password_hash, created_at) VALUES (?, ?, ?)",
+                    (username, password_hash, created_at),
+                )
+            except sqlite3.IntegrityError:
+                raise GochatError(ErrorCode.USERNAME_TAKEN, f"{username!r} is taken") from None
+            return int(cursor.lastrowid)
+
+        return self._pool.runInteraction(insert)
+
+    def _one(self, where: str, value: object) -> Deferred[Account | None]:
+        def select(cursor: Any) -> Account | None:
+            cursor.execute(f"SELECT user_id, username, password_hash FROM users WHERE {where} = ?", (value,))
+            row = cursor.fetchone()
+            return None if row is None else Account(int(row[0]), row[1], row[2])
+
+        return self._pool.runInteraction(select)
+
+    def by_name(self, username: str) -> Deferred[Account | None]:
+        return self._one("username", username)
+
+    def by_id(self, user_id: int) -> Deferred[Account | None]:
+        return self._one("user_id", user_id)
+
+
+def _message_row(message: StoredMessage) -> tuple[object, ...]:
+    return (
+        message.msg_id,
+        message.conv,
+        message.seq,
+        message.sender_id,
+        message.sender,
+        message.client_msg_id,
+        message.body,
+        message.ts,
+    )
+
+
+class SqliteMessageStore:
+    """:class:`~gochat.logic.interfaces.IMessageStore` on SQLite, written in batches."""
+
+    def __init__(self, pool: adbapi.ConnectionPool, clock: IReactorTime, policy: BatchPolicy) -> None:
+        self._pool = pool
+        self.writer: BatchWriter[StoredMessage] = BatchWriter(self._insert_batch, clock, policy)
+
+    def _insert_batch(self, messages: list[StoredMessage]) -> Deferred[None]:
+        rows = [_message_row(m) for m in messages]
+
+        def insert(cursor: Any) -> None:
+            cursor.executemany(_INSERT_MESSAGE, rows)
+
+        return self._pool.runInteraction(insert)
+
+    def append(self, message: StoredMessage) -> Deferred[None]:
+        return self.writer.add(message)
+
+    def by_client_msg_id(self, sender_id: int, client_msg_id: str) -> Deferred[StoredMessage | None]:
+        def select(cursor: Any) -> StoredMessage | None:
+            cursor.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = ? AND client_msg_id = ?",
+                (sender_id, client_msg_id),
+            )
+            row = cursor.fetchone()
+            return None if row is None else StoredMessage(*row)
+
+        return self._pool.runInteraction(select)
+
+    def last_seq(self, conv: str) -> Deferred[int]:
+        def select(cursor: Any) -> int:
+            cursor.execute("SELECT MAX(seq) FROM messages WHERE conv = ?", (conv,))
+            return int(cursor.fetchone()[0] or 0)
+
+        return self._pool.runInteraction(select)
+
+    def count(self) -> Deferred[int]:
+        """How many messages are stored (for operators and tests)."""
+
+        def select(cursor: Any) -> int:
+            cursor.execute("SELECT COUNT(*) FROM messages")
+            return int(cursor.fetchone()[0])
+
+        return self._pool.runInteraction(select)
+
+
+class SqliteStoreService(Service):
+    """Owns the pool: migrates the schema at start, drains the batch writer and closes at stop."""
+
+    def __init__(self, pool: adbapi.ConnectionPool, messages: SqliteMessageStore) -> None:
+        self._pool = pool
+        self._messages = messages
+        self.ready: Deferred[int] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = self._pool.runInteraction(_migrate)
+        d.addCallback(self._migrated)
+        d.addErrback(self._migration_failed)
+
+    def _migrated(self, version: int) -> int:
+        _log.info("SQLite store ready at schema version {version}", version=version)
+        self.ready.callback(version)
+        return version
+
+    def _migration_failed(self, failure: Any) -> None:
+        _log.failure("SQLite schema migration failed", failure)
+        self.ready.errback(failure)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        d = self._messages.writer.stop()
+        d.addBoth(lambda _: self._pool.close())
+        return d

@@ -1,0 +1,50 @@
+"""``twistd gochat-logic``: options in, a frozen config, then :func:`gochat.logic.service.build`."""
+
+from __future__ import annotations
+
+import pathlib
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from gochat.logic.batch_writer import BatchPolicy
+from gochat.logic.chat import ChatSettings
+from gochat.logic.service import LogicConfig, build
+
+
+class Options(usage.Options):
+    """Command-line options of the logic role."""
+
+    optParameters = [
+        ["grpc-listen", None, "127.0.0.1:9090", "gRPC address to serve gateways on (host:port)."],
+        ["data-dir", None, "gochat-data", "Directory for the SQLite database and the token secret."],
+        ["database", None, "", "SQLite database file (default: DATA-DIR/gochat.sqlite)."],
+        ["token-secret-file", None, "", "File holding the token signing secret, shared by all logic processes "
+         "(created if missing; default: DATA-DIR/token.key)."],
+        ["node-id", None, 0, "This logic process's id (0-1023), unique among logic processes.", int],
+        ["batch-size", None, 500, "Write a batch of messages at this many.", int],
+        ["batch-delay-ms", None, 5.0, "... or this many milliseconds after the first one waits.", float],
+        ["token-ttl", None, 86400.0, "Seconds a login token is valid.", float],
+        ["grpc-workers", None, 64, "gRPC server worker threads.", int],
+    ]
+
+
+def config_from_options(options: Options) -> LogicConfig:
+    """The frozen config the options describe."""
+    return LogicConfig(
+        data_dir=pathlib.Path(options["data-dir"]),
+        database=options["database"],
+        token_secret_file=options["token-secret-file"],
+        grpc_listen=options["grpc-listen"],
+        grpc_workers=options["grpc-workers"],
+        node_id=options["node-id"],
+        batch=BatchPolicy(max_batch=options["batch-size"], max_delay=options["batch-delay-ms"] / 1000.0),
+        chat=ChatSettings(token_ttl=options["token-ttl"]),
+    )
+
+
+def makeService(options: Options) -> IService:
+    """Build the logic role on the global reactor."""
+    from twisted.internet import reactor
+
+    return build(config_from_options(options), reactor)

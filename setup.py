@@ -1,0 +1,44 @@
+"""Packaging for gochat: a distributed instant-messaging server on Twisted."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="gochat",
+    version="0.1.0",
+    description="Distributed instant-messaging server on Twisted and Autobahn",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["gochat", "gochat.*"]) + ["twisted.plugins"],
+    package_data={
+        "twisted": ["plugins/gochat_plugins.py"],
+        "gochat": ["py.typed"],
+        "gochat.v1": ["*.pyi"],
+    },
+    # Versions tested together; grpcio must match the grpcio-tools that generated gochat/v1.
+    install_requires=[
+        "twisted[tls]>=26.10,<27",
+        "autobahn>=26.10,<27",
+        "txamqp==0.8.2",
+        "txredisapi>=1.6,<2",
+        "grpcio==1.85.1",
+        "protobuf>=7.35,<8",
+        "pymysql>=1.2,<2",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=9,<10",
+            "pytest-twisted>=1.14,<2",
+            "grpcio-tools==1.85.1",
+        ],
+        "dev": [
+            "pytest>=9,<10",
+            "pytest-twisted>=1.14,<2",
+            "grpcio-tools==1.85.1",
+            "mypy>=2.4,<3",
+            "ruff>=0.17,<0.18",
+            "types-protobuf>=7.35",
+        ],
+    },
+    zip_safe=False,
+)
