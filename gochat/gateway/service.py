@@ -125,6 +125,9 @@ def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None
     heartbeat.setServiceParent(top)
     HubService(hub, reactor, config.limits.close_timeout + 1.0).setServiceParent(top)
     endpoint = serverFromString(reactor, config.listen)
-    StreamServerEndpointService(endpoint, _site(logic, factory, reactor)).setServiceParent(top)
+    listener = StreamServerEndpointService(endpoint, _site(logic, factory, reactor))
+    # Fail start-up when the address cannot be bound, as strports.service does.
+    listener._raiseSynchronously = True
+    listener.setServiceParent(top)
     top.hub = hub  # type: ignore[attr-defined]
     return top
