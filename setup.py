@@ -36,6 +36,7 @@ setup(
             "pytest-twisted>=1.14,<2",
             "grpcio-tools==1.85.1",
             "mypy>=2.4,<3",
+            "mypy-zope>=1.0.17,<2",
             "ruff>=0.17,<0.18",
             "types-protobuf>=7.35",
         ],

@@ -278,14 +278,20 @@ class LogicServicer(pb_grpc.LogicServicer):
                 return
             if pending.qsize() >= self._max_queued:
                 overflowed.set()
-                _log.error("gateway {gateway_id} is {n} deliveries behind; ending its stream",
-                           gateway_id=request.gateway_id, n=self._max_queued)
+                _log.error(
+                    "gateway {gateway_id} is {n} deliveries behind; ending its stream",
+                    gateway_id=request.gateway_id,
+                    n=self._max_queued,
+                )
                 pending.put(_END_OF_STREAM)
                 return
             pending.put(delivery)
 
         subscription = blockingCallFromThread(
-            self._reactor, self._logic.deliveries.subscribe, request.gateway_id, enqueue  # type: ignore[arg-type]
+            self._reactor,
+            self._logic.deliveries.subscribe,
+            request.gateway_id,
+            enqueue,
         )
         context.add_callback(lambda: pending.put(_END_OF_STREAM))
         try:
@@ -331,4 +337,4 @@ class GrpcServerService(Service):
         if server is None:
             return succeed(None)
         stopped = server.stop(grace=5.0)
-        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), stopped.wait)  # type: ignore[arg-type]
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), stopped.wait)

@@ -10,7 +10,7 @@ class TokenBucket:
     it needs no timer of its own.
     """
 
-    __slots__ = ("_rate", "_burst", "_tokens", "_stamp")
+    __slots__ = ("_burst", "_rate", "_stamp", "_tokens")
 
     def __init__(self, rate: float, burst: float, now: float) -> None:
         if rate <= 0 or burst < 1:

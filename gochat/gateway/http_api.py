@@ -73,8 +73,9 @@ class _CredentialsEndpoint(Resource):
             _write_error(request, e)
             return NOT_DONE_YET
         d = self._call(username, password)
-        d.addCallbacks(lambda result: _write_json(request, self._status, self._reply(result)), self._failed,
-                       errbackArgs=(request,))
+        d.addCallbacks(
+            lambda result: _write_json(request, self._status, self._reply(result)), self._failed, errbackArgs=(request,)
+        )
         return NOT_DONE_YET
 
     def _failed(self, failure: Failure, request: Request) -> None:

@@ -70,7 +70,12 @@ class HubService(Service):
         if not self._hub.live_sessions:
             return succeed(None)
         drained = self._hub.when_drained()
-        timeout = self._reactor.callLater(self._drain_timeout, lambda: None if drained.called else drained.callback(None))
+
+        def give_up() -> None:
+            if not drained.called:
+                drained.callback(None)
+
+        timeout = self._reactor.callLater(self._drain_timeout, give_up)
         drained.addBoth(lambda _: timeout.cancel() if timeout.active() else None)
         return drained
 
@@ -88,8 +93,12 @@ class _ClientCloser(Service):
 
 def _site(logic: ILogicClient, factory: GatewayFactory, reactor: Any) -> Site:
     root = Resource()
-    root.putChild(b"", Data(b"gochat gateway: WebSocket at /ws, HTTP API at /api; see docs/protocol.md\n",
-                            "text/plain; charset=utf-8"))
+    root.putChild(
+        b"",
+        Data(
+            b"gochat gateway: WebSocket at /ws, HTTP API at /api; see docs/protocol.md\n", "text/plain; charset=utf-8"
+        ),
+    )
     root.putChild(b"api", api_resource(logic))
     root.putChild(b"ws", GatewayWebSocketResource(factory))
     return Site(root, reactor=reactor)
@@ -109,17 +118,17 @@ def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None
             client = GrpcLogicClient(config.logic, reactor)
             _ClientCloser(client).setServiceParent(top)
             logic = client
-    factory: GatewayFactory
+    factory = GatewayFactory(reactor, config.public_url, config.max_frame_bytes)
     hub = GatewayHub(
         config.gateway_id,
         logic,
         reactor,
         config.limits,
-        prepare=lambda payload: factory.prepare(payload),
+        prepare=factory.prepare,
         wheel_tick=config.wheel_tick,
         wheel_slots=config.wheel_slots,
     )
-    factory = GatewayFactory(hub, reactor, config.public_url, config.max_frame_bytes)
+    factory.hub = hub
     heartbeat = TimerService(config.wheel_tick, hub.tick)
     heartbeat.clock = reactor
     heartbeat.setServiceParent(top)

@@ -231,7 +231,9 @@ class Session:
         if self.state in _ENDING:
             # The socket went away while logic routed it: undo the route.
             d = self._logic.disconnect(identity, self.gateway_id, self.session_id)
-            d.addErrback(lambda f: _log.failure("late disconnect of {session_id} failed", f, session_id=self.session_id))
+            d.addErrback(
+                lambda f: _log.failure("late disconnect of {session_id} failed", f, session_id=self.session_id)
+            )
             return
         self.identity = identity
         self.state = SessionState.OPEN

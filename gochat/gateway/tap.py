@@ -20,11 +20,20 @@ class Options(usage.Options):
     """Command-line options of the gateway role."""
 
     optParameters = [
-        ["listen", None, "tcp:8080", "Twisted endpoint to serve HTTP and WebSocket on (e.g. tcp:8080, "
-         "ssl:8443:privateKey=key.pem:certKey=cert.pem, unix:/run/gochat.sock)."],
+        [
+            "listen",
+            None,
+            "tcp:8080",
+            "Twisted endpoint to serve HTTP and WebSocket on (e.g. tcp:8080, "
+            "ssl:8443:privateKey=key.pem:certKey=cert.pem, unix:/run/gochat.sock).",
+        ],
         ["public-url", None, "ws://localhost:8080/ws", "The WebSocket URL clients use (for the handshake)."],
-        ["logic", None, EMBEDDED, "'embedded' to run logic in this process on SQLite, or host:port of a "
-         "gochat-logic gRPC server."],
+        [
+            "logic",
+            None,
+            EMBEDDED,
+            "'embedded' to run logic in this process on SQLite, or host:port of a gochat-logic gRPC server.",
+        ],
         ["gateway-id", None, None, "Unique id of this gateway (default: hostname-pid)."],
         ["data-dir", None, "gochat-data", "Embedded logic only: directory for the database and token secret."],
         ["auth-timeout", None, 10.0, "Seconds a connection may take to authenticate.", float],

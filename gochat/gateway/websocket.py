@@ -13,8 +13,10 @@ from typing import Any
 
 from autobahn.twisted.resource import WebSocketResource
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.protocol import WebSocketProtocol
+from autobahn.websocket.protocol import PreparedMessage, WebSocketProtocol
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.server import Request
 
 from gochat.gateway.hub import GatewayHub
@@ -44,7 +46,7 @@ class GatewayProtocol(WebSocketServerProtocol):
         if self.session is not None:
             self.session.activity(self.factory.clock.seconds())
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.session is not None:
             self.factory.hub.connection_lost(self.session)
@@ -57,6 +59,7 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.sendMessage(data, isBinary=False)
 
     def send_prepared(self, prepared: object) -> None:
+        assert isinstance(prepared, PreparedMessage)
         if self.state == WebSocketProtocol.STATE_OPEN:
             self.sendPreparedMessage(prepared)
 
@@ -67,18 +70,22 @@ class GatewayProtocol(WebSocketServerProtocol):
             self.abort()
 
     def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abortConnection()
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            abort()
+        elif self.transport is not None:
+            self.transport.loseConnection()
 
 
 class GatewayFactory(WebSocketServerFactory):
-    """Builds :class:`GatewayProtocol` for one hub."""
+    """Builds :class:`GatewayProtocol` for one hub (set as ``hub`` before the factory starts)."""
 
-    protocol = GatewayProtocol
+    protocol = GatewayProtocol  # type: ignore[assignment]
 
-    def __init__(self, hub: GatewayHub, clock: IReactorTime, url: str, max_frame_bytes: int) -> None:
+    hub: GatewayHub
+
+    def __init__(self, clock: IReactorTime, url: str, max_frame_bytes: int) -> None:
         super().__init__(url)
-        self.hub = hub
         self.clock = clock
         self.setProtocolOptions(
             maxFramePayloadSize=max_frame_bytes,

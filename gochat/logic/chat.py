@@ -22,13 +22,13 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.interfaces import Account, IAccountStore, IDeliveryBus, IMessageStore, IRouteStore, Route
+from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, IRouteStore, Route
 from gochat.logic.sequencing import MessageIdGenerator, SequenceCounters, direct_conversation
 from gochat.logic.tokens import TokenSigner
 from gochat.model import Ack, Delivery, Identity, LoginResult, SendCommand, StoredMessage
@@ -115,55 +115,44 @@ class ChatLogic:
 
     def register(self, username: str, password: str) -> Deferred[int]:
         """Create an account; fires with its user id."""
-        try:
-            name = normalise_username(username)
-            if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
-                raise GochatError(
-                    ErrorCode.BAD_REQUEST,
-                    f"password must have {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters",
-                )
-        except GochatError as e:
-            return Deferred.fromFailure(Failure(e))
-        d = self._hasher.hash(password)
-        d.addCallback(lambda encoded: self.accounts.create(name, encoded, self._clock.seconds()))
-        return d
+        return Deferred.fromCoroutine(self._register(username, password))
+
+    async def _register(self, username: str, password: str) -> int:
+        name = normalise_username(username)
+        if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+            raise GochatError(
+                ErrorCode.BAD_REQUEST, f"password must have {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters"
+            )
+        encoded = await self._hasher.hash(password)
+        return await self.accounts.create(name, encoded, self._clock.seconds())
 
     def login(self, username: str, password: str) -> Deferred[LoginResult]:
-        """Check a password and issue a token; wrong name and wrong password fail alike."""
+        """Check a password and issue a token; a wrong name and a wrong password fail alike."""
+        return Deferred.fromCoroutine(self._login(username, password))
+
+    async def _login(self, username: str, password: str) -> LoginResult:
         bad = GochatError(ErrorCode.BAD_CREDENTIALS, "wrong username or password")
         try:
             name = normalise_username(username)
         except GochatError:
-            return Deferred.fromFailure(Failure(bad))
-
-        def check(account: Account | None) -> Deferred[LoginResult]:
-            if account is None:
-                raise bad
-            verified = self._hasher.verify(password, account.password_hash)
-            return verified.addCallback(issue, account)
-
-        def issue(ok: bool, account: Account) -> LoginResult:
-            if not ok:
-                raise bad
-            identity = Identity(account.user_id, account.username)
-            token, expires_at = self._tokens.issue(identity, self._clock.seconds(), self._settings.token_ttl)
-            return LoginResult(identity.user_id, token, expires_at)
-
-        d = self.accounts.by_name(name)
-        d.addCallback(check)
-        return d
+            raise bad from None
+        account = await self.accounts.by_name(name)
+        if account is None or not await self._hasher.verify(password, account.password_hash):
+            raise bad
+        identity = Identity(account.user_id, account.username)
+        token, expires_at = self._tokens.issue(identity, self._clock.seconds(), self._settings.token_ttl)
+        return LoginResult(identity.user_id, token, expires_at)
 
     # Sessions.
 
     def connect(self, token: str, gateway_id: str, session_id: str) -> Deferred[Identity]:
         """Validate *token* and route the user's deliveries to the session."""
-        try:
-            identity = self._tokens.verify(token, self._clock.seconds())
-        except GochatError as e:
-            return Deferred.fromFailure(Failure(e))
-        d = self.routes.add(identity.user_id, Route(gateway_id, session_id))
-        d.addCallback(lambda _: identity)
-        return d
+        return Deferred.fromCoroutine(self._connect(token, gateway_id, session_id))
+
+    async def _connect(self, token: str, gateway_id: str, session_id: str) -> Identity:
+        identity = self._tokens.verify(token, self._clock.seconds())
+        await self.routes.add(identity.user_id, Route(gateway_id, session_id))
+        return identity
 
     def disconnect(self, identity: Identity, gateway_id: str, session_id: str) -> Deferred[None]:
         """Stop routing to a session that closed."""
@@ -174,19 +163,18 @@ class ChatLogic:
     def send(self, command: SendCommand) -> Deferred[Ack]:
         """Store a message and fire with its ack once it is durable; see the module docstring."""
         if not 0 < len(command.body) <= self._settings.max_body_length:
-            return Deferred.fromFailure(
-                Failure(GochatError(ErrorCode.BAD_REQUEST, f"body must have 1 to {self._settings.max_body_length} characters"))
+            error = GochatError(
+                ErrorCode.BAD_REQUEST, f"body must have 1 to {self._settings.max_body_length} characters"
             )
+            return fail(error)
         key = (command.sender_id, command.client_msg_id)
-        waiters = self._in_flight.get(key)
         result: Deferred[Ack] = Deferred()
+        waiters = self._in_flight.get(key)
         if waiters is not None:
             waiters.append(result)
             return result
         self._in_flight[key] = [result]
-        d = self.messages.by_client_msg_id(command.sender_id, command.client_msg_id)
-        d.addCallback(self._store_unless_known, command)
-        d.addBoth(self._settle, key)
+        Deferred.fromCoroutine(self._send(command)).addBoth(self._settle, key)
         return result
 
     def _settle(self, outcome: Ack | Failure, key: tuple[int, str]) -> None:
@@ -196,60 +184,15 @@ class ChatLogic:
             else:
                 waiter.callback(outcome)
 
-    def _store_unless_known(self, existing: StoredMessage | None, command: SendCommand) -> Deferred[Ack] | Ack:
+    async def _send(self, command: SendCommand) -> Ack:
+        existing = await self.messages.by_client_msg_id(command.sender_id, command.client_msg_id)
         if existing is not None:
             return existing.ack()
-        d = self._user_id(command.to_username)
-        d.addCallback(self._store_new, command)
-        return d
-
-    def _user_id(self, username: str) -> Deferred[int]:
-        try:
-            name = normalise_username(username)
-        except GochatError:
-            return Deferred.fromFailure(Failure(GochatError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")))
-        known = self._ids_by_name.get(name)
-        if known is not None:
-            return succeed(known)
-
-        def found(account: Account | None) -> int:
-            if account is None:
-                raise GochatError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")
-            self._ids_by_name[name] = account.user_id
-            return account.user_id
-
-        return self.accounts.by_name(name).addCallback(found)
-
-    def _store_new(self, recipient_id: int, command: SendCommand) -> Deferred[Ack]:
+        recipient_id = await self._user_id(command.to_username)
         conv = direct_conversation(command.sender_id, recipient_id)
-        d = self._seeded(conv)
-        d.addCallback(lambda _: self._append(conv, recipient_id, command))
-        return d
-
-    def _seeded(self, conv: str) -> Deferred[None]:
-        """Fires once *conv*'s counter is seeded from the store; callers resume in call order."""
-        if conv in self._seqs and conv not in self._seeding:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        waiters = self._seeding.get(conv)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._seeding[conv] = [d]
-
-        def seed(last_seq: int) -> None:
-            self._seqs.seed(conv, last_seq)
-            for waiter in self._seeding.pop(conv):
-                waiter.callback(None)
-
-        def failed(failure: Failure) -> None:
-            for waiter in self._seeding.pop(conv):
-                waiter.errback(failure)
-
-        self.messages.last_seq(conv).addCallbacks(seed, failed)
-        return d
-
-    def _append(self, conv: str, recipient_id: int, command: SendCommand) -> Deferred[Ack]:
+        await self._seeded(conv)
+        # From here to append() nothing waits: the seq is taken and queued for
+        # the writer in one step, so batches hold messages in seq order.
         now = self._clock.seconds()
         message = StoredMessage(
             msg_id=self._ids.next(now),
@@ -261,26 +204,74 @@ class ChatLogic:
             body=command.body,
             ts=int(now * 1000),
         )
-        d = self.messages.append(message)
-        d.addCallback(lambda _: self._deliver(message, (command.sender_id, recipient_id), command))
-        d.addCallback(lambda _: message.ack())
+        try:
+            committed = self.messages.append(message)
+        except GochatError:
+            # Refused before it was queued (the store is behind): give the seq back so none is skipped.
+            self._seqs.release(conv, message.seq)
+            raise
+        await committed
+        await self._deliver(message, (command.sender_id, recipient_id), Route(command.gateway_id, command.session_id))
+        return message.ack()
+
+    async def _user_id(self, username: str) -> int:
+        unknown = GochatError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")
+        try:
+            name = normalise_username(username)
+        except GochatError:
+            raise unknown from None
+        known = self._ids_by_name.get(name)
+        if known is not None:
+            return known
+        account = await self.accounts.by_name(name)
+        if account is None:
+            raise unknown
+        self._ids_by_name[name] = account.user_id
+        return account.user_id
+
+    def _seeded(self, conv: str) -> Deferred[None]:
+        """Fires once *conv*'s counter is seeded from the store; waiters resume in call order."""
+        if conv in self._seqs and conv not in self._seeding:
+            return succeed(None)
+        d: Deferred[None] = Deferred()
+        waiters = self._seeding.get(conv)
+        if waiters is not None:
+            waiters.append(d)
+            return d
+        self._seeding[conv] = [d]
+
+        def seeded(last_seq: int) -> None:
+            self._seqs.seed(conv, last_seq)
+            for waiter in self._seeding.pop(conv):
+                waiter.callback(None)
+
+        def failed(failure: Failure) -> None:
+            for waiter in self._seeding.pop(conv):
+                waiter.errback(failure)
+
+        self.messages.last_seq(conv).addCallbacks(seeded, failed)
         return d
 
-    def _deliver(self, message: StoredMessage, user_ids: tuple[int, int], command: SendCommand) -> Deferred[None]:
-        """Publish one delivery per gateway holding a session of either participant."""
+    async def _deliver(self, message: StoredMessage, user_ids: tuple[int, int], origin: Route) -> None:
+        """Publish one delivery per gateway holding a session of either participant, except *origin*.
 
-        def publish(routes_by_user: dict[int, set[Route]]) -> None:
-            sessions: dict[str, list[str]] = defaultdict(list)
-            origin = Route(command.gateway_id, command.session_id)
-            for routes in routes_by_user.values():
-                for route in sorted(routes):
-                    if route != origin:
-                        sessions[route.gateway_id].append(route.session_id)
-            for gateway_id, session_ids in sessions.items():
-                d = self.deliveries.publish(Delivery(gateway_id, tuple(session_ids), message))
-                d.addErrback(lambda f, g=gateway_id: _log.failure("delivery to {gateway_id} failed", f, gateway_id=g))
+        Routing trouble is logged, not raised: the message is stored and
+        acknowledged, and recipients who miss the push recover it by sync.
+        """
+        try:
+            routes_by_user = await self.routes.routes(set(user_ids))
+        except Exception:
+            _log.failure("routing of {msg_id} failed", msg_id=message.msg_id)
+            return
+        sessions: dict[str, list[str]] = defaultdict(list)
+        for routes in routes_by_user.values():
+            for route in sorted(routes):
+                if route != origin:
+                    sessions[route.gateway_id].append(route.session_id)
+        for gateway_id, session_ids in sessions.items():
+            d = self.deliveries.publish(Delivery(gateway_id, tuple(session_ids), message))
+            d.addErrback(_log_delivery_failure, gateway_id)
 
-        d = self.routes.routes(set(user_ids))
-        d.addCallback(publish)
-        d.addErrback(lambda f: _log.failure("routing of {msg_id} failed", f, msg_id=message.msg_id))
-        return d
+
+def _log_delivery_failure(failure: Failure, gateway_id: str) -> None:
+    _log.failure("delivery to {gateway_id} failed", failure, gateway_id=gateway_id)

@@ -1,8 +1,10 @@
-"""In-process route store and delivery bus: the embedded default's, and the tests'.
+"""In-process implementations of logic's outside worlds.
 
-Same semantics as the Redis and RabbitMQ adapters that replace them in
-production: every call returns a Deferred, deliveries for one gateway reach
-its subscribers in publish order.
+The route store and delivery bus serve the embedded default; the account
+and message stores serve the tests (the embedded default keeps those in
+SQLite). Same semantics as the Redis, RabbitMQ and database adapters: every
+call returns a Deferred, deliveries for one gateway reach its subscribers in
+publish order, messages are acknowledged only after their batch commits.
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from gochat.logic.interfaces import DeliveryHandler, Route
-from gochat.model import Delivery
+from gochat.errors import ErrorCode, GochatError
+from gochat.logic.batch_writer import BatchPolicy, BatchWriter
+from gochat.logic.interfaces import Account, DeliveryHandler, Route
+from gochat.model import Delivery, StoredMessage
 
 _log = Logger()
 
@@ -65,8 +70,11 @@ class InMemoryDeliveryBus:
     def publish(self, delivery: Delivery) -> Deferred[None]:
         subscribers = self._subscribers.get(delivery.gateway_id)
         if not subscribers:
-            _log.info("no subscriber for gateway {gateway_id}; delivery of {msg_id} left to sync",
-                      gateway_id=delivery.gateway_id, msg_id=delivery.message.msg_id)
+            _log.info(
+                "no subscriber for gateway {gateway_id}; delivery of {msg_id} left to sync",
+                gateway_id=delivery.gateway_id,
+                msg_id=delivery.message.msg_id,
+            )
             return succeed(None)
         for subscription in list(subscribers):
             try:
@@ -86,3 +94,62 @@ class InMemoryDeliveryBus:
             subscribers.remove(subscription)
         if not subscribers:
             self._subscribers.pop(subscription.gateway_id, None)
+
+
+class InMemoryAccountStore:
+    """:class:`~gochat.logic.interfaces.IAccountStore` in dicts."""
+
+    def __init__(self) -> None:
+        self._by_name: dict[str, Account] = {}
+        self._by_id: dict[int, Account] = {}
+
+    def create(self, username: str, password_hash: str, created_at: float) -> Deferred[int]:
+        if username in self._by_name:
+            return fail(GochatError(ErrorCode.USERNAME_TAKEN, f"{username!r} is taken"))
+        account = Account(len(self._by_id) + 1, username, password_hash)
+        self._by_name[username] = account
+        self._by_id[account.user_id] = account
+        return succeed(account.user_id)
+
+    def by_name(self, username: str) -> Deferred[Account | None]:
+        return succeed(self._by_name.get(username))
+
+    def by_id(self, user_id: int) -> Deferred[Account | None]:
+        return succeed(self._by_id.get(user_id))
+
+
+class InMemoryMessageStore:
+    """:class:`~gochat.logic.interfaces.IMessageStore` in dicts, committed through a batch writer.
+
+    The writer's sink stores the batch in memory and fires at once, so the
+    ack-after-commit ordering is the same as with a database.
+    """
+
+    def __init__(self, clock: IReactorTime, policy: BatchPolicy) -> None:
+        self.messages: dict[int, StoredMessage] = {}
+        self._by_client_id: dict[tuple[int, str], StoredMessage] = {}
+        self._by_seq: dict[tuple[str, int], StoredMessage] = {}
+        self.writer: BatchWriter[StoredMessage] = BatchWriter(self._commit, clock, policy)
+
+    def _commit(self, batch: list[StoredMessage]) -> Deferred[None]:
+        for message in batch:
+            key = (message.sender_id, message.client_msg_id)
+            if (
+                message.msg_id in self.messages
+                or key in self._by_client_id
+                or (message.conv, message.seq) in self._by_seq
+            ):
+                continue
+            self.messages[message.msg_id] = message
+            self._by_client_id[key] = message
+            self._by_seq[(message.conv, message.seq)] = message
+        return succeed(None)
+
+    def append(self, message: StoredMessage) -> Deferred[None]:
+        return self.writer.add(message)
+
+    def by_client_msg_id(self, sender_id: int, client_msg_id: str) -> Deferred[StoredMessage | None]:
+        return succeed(self._by_client_id.get((sender_id, client_msg_id)))
+
+    def last_seq(self, conv: str) -> Deferred[int]:
+        return succeed(max((seq for c, seq in self._by_seq if c == conv), default=0))

@@ -51,6 +51,11 @@ class SequenceCounters:
         self._last[conv] = seq
         return seq
 
+    def release(self, conv: str, seq: int) -> None:
+        """Take back *seq* when it was the last given out and its message was never stored."""
+        if self._last.get(conv) == seq:
+            self._last[conv] = seq - 1
+
 
 class MessageIdGenerator:
     """Time-ordered unique 64-bit ids; monotonic even if the clock steps back."""

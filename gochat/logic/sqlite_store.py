@@ -10,7 +10,8 @@ and the schema migration issued at start runs before anything else.
 from __future__ import annotations
 
 import sqlite3
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
@@ -24,6 +25,14 @@ from gochat.logic.interfaces import Account
 from gochat.model import StoredMessage
 
 _log = Logger()
+T = TypeVar("T")
+
+
+def _interact(pool: adbapi.ConnectionPool, work: Callable[[Any], T]) -> Deferred[T]:
+    """``runInteraction`` with its result type kept (adbapi is unannotated)."""
+    d: Deferred[T] = pool.runInteraction(work)
+    return d
+
 
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
@@ -107,7 +116,7 @@ class SqliteAccountStore:
                 raise GochatError(ErrorCode.USERNAME_TAKEN, f"{username!r} is taken") from None
             return int(cursor.lastrowid)
 
-        return self._pool.runInteraction(insert)
+        return _interact(self._pool, insert)
 
     def _one(self, where: str, value: object) -> Deferred[Account | None]:
         def select(cursor: Any) -> Account | None:
@@ -115,7 +124,7 @@ class SqliteAccountStore:
             row = cursor.fetchone()
             return None if row is None else Account(int(row[0]), row[1], row[2])
 
-        return self._pool.runInteraction(select)
+        return _interact(self._pool, select)
 
     def by_name(self, username: str) -> Deferred[Account | None]:
         return self._one("username", username)
@@ -150,7 +159,7 @@ class SqliteMessageStore:
         def insert(cursor: Any) -> None:
             cursor.executemany(_INSERT_MESSAGE, rows)
 
-        return self._pool.runInteraction(insert)
+        return _interact(self._pool, insert)
 
     def append(self, message: StoredMessage) -> Deferred[None]:
         return self.writer.add(message)
@@ -164,14 +173,14 @@ class SqliteMessageStore:
             row = cursor.fetchone()
             return None if row is None else StoredMessage(*row)
 
-        return self._pool.runInteraction(select)
+        return _interact(self._pool, select)
 
     def last_seq(self, conv: str) -> Deferred[int]:
         def select(cursor: Any) -> int:
             cursor.execute("SELECT MAX(seq) FROM messages WHERE conv = ?", (conv,))
             return int(cursor.fetchone()[0] or 0)
 
-        return self._pool.runInteraction(select)
+        return _interact(self._pool, select)
 
     def count(self) -> Deferred[int]:
         """How many messages are stored (for operators and tests)."""
@@ -180,7 +189,7 @@ class SqliteMessageStore:
             cursor.execute("SELECT COUNT(*) FROM messages")
             return int(cursor.fetchone()[0])
 
-        return self._pool.runInteraction(select)
+        return _interact(self._pool, select)
 
 
 class SqliteStoreService(Service):

@@ -19,8 +19,13 @@ class Options(usage.Options):
         ["grpc-listen", None, "127.0.0.1:9090", "gRPC address to serve gateways on (host:port)."],
         ["data-dir", None, "gochat-data", "Directory for the SQLite database and the token secret."],
         ["database", None, "", "SQLite database file (default: DATA-DIR/gochat.sqlite)."],
-        ["token-secret-file", None, "", "File holding the token signing secret, shared by all logic processes "
-         "(created if missing; default: DATA-DIR/token.key)."],
+        [
+            "token-secret-file",
+            None,
+            "",
+            "File holding the token signing secret, shared by all logic processes "
+            "(created if missing; default: DATA-DIR/token.key).",
+        ],
         ["node-id", None, 0, "This logic process's id (0-1023), unique among logic processes.", int],
         ["batch-size", None, 500, "Write a batch of messages at this many.", int],
         ["batch-delay-ms", None, 5.0, "... or this many milliseconds after the first one waits.", float],

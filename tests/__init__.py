@@ -1,0 +1,1 @@
+"""gochat's tests: trial test cases, run by both ``trial tests`` and ``pytest``."""
