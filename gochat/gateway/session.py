@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from gochat import errors
 from gochat.errors import ErrorCode, GochatError
 from gochat.gateway import codec
 from gochat.gateway.logic_client import ILogicClient
@@ -123,7 +124,10 @@ class Session:
         if not self._bucket.take(now):
             self._rate_strikes += 1
             if self._rate_strikes >= self._limits.rate_strikes_before_close:
-                self.fail(GochatError(ErrorCode.RATE_LIMITED, "too many frames; closing"), close_code=4429)
+                self.fail(
+                    GochatError(ErrorCode.RATE_LIMITED, "too many frames; closing"),
+                    close_code=errors.CLOSE_RATE_LIMITED,
+                )
             else:
                 self._send_error(GochatError(ErrorCode.RATE_LIMITED, "too many frames; slow down"), None)
             return
