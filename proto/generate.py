@@ -23,7 +23,7 @@ def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
 
     Returns the generated files. Raises ``RuntimeError`` when protoc fails.
     """
-    from grpc_tools import protoc  # noqa: PLC0415 - a build-time dependency only
+    from grpc_tools import protoc
 
     out_dir.mkdir(parents=True, exist_ok=True)
     args = [

@@ -28,6 +28,7 @@ from gochat.logic.memory import InMemoryAccountStore, InMemoryDeliveryBus, InMem
 from gochat.logic.passwords import ScryptCost, hash_password, verify_password
 from gochat.logic.sequencing import MessageIdGenerator
 from gochat.logic.tokens import TokenSigner
+from gochat.model import Identity
 
 URL = "ws://127.0.0.1:8080/ws"
 CHEAP = ScryptCost(n=2**4, r=1, p=1)
@@ -273,7 +274,8 @@ class TimerTests(GatewayTestCase):
             self.tick(20)
         self.assertEqual(silent.close_code, errors.CLOSE_IDLE_TIMEOUT)
         self.assertIsNone(chatty.close_code)
-        self.assertEqual(list(self.hub.sessions.values())[0].identity.username, "bob")  # type: ignore[union-attr]
+        (only,) = self.hub.sessions.values()
+        self.assertEqual(only.identity, Identity(2, "bob"))
 
     def test_stop_closes_sessions_for_reconnect(self) -> None:
         """Stopping the hub closes every session with 4503 (reconnect elsewhere) and unsubscribes."""
