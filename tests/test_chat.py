@@ -192,3 +192,32 @@ class SendTests(ChatTestCase):
 
 def _refuse(item: object) -> Deferred[None]:
     raise GochatError(ErrorCode.UNAVAILABLE, "the store is behind; retry")
+
+
+class BadTextTests(ChatTestCase):
+    def setUp(self) -> None:
+        super().setUp()
+        self.alice, self.bob = self.register("alice"), self.register("bob")
+
+    def test_lone_surrogates_refused(self) -> None:
+        """Text UTF-8 cannot carry is refused before it reaches the store (it would poison a batch)."""
+        for command in (self.command(self.alice, "bob", "m1", "bad \ud800"), self.command(self.alice, "bob", "\udfff")):
+            self.assertEqual(self.error_code(self.logic.send(command)), ErrorCode.BAD_REQUEST)
+        d = self.logic.send(self.command(self.alice, "bob", "m2", "fine \N{GRINNING FACE}"))
+        self.clock.advance(0.005)
+        self.assertEqual(self.successResultOf(d).seq, 1)
+
+    def test_reused_client_msg_id_for_other_message(self) -> None:
+        """A client_msg_id reused for a different body or recipient is refused, not silently acked."""
+        self.register("carol")
+        self.logic.send(self.command(self.alice, "bob", "m1", "first"))
+        self.clock.advance(0.005)
+        other_body = self.logic.send(self.command(self.alice, "bob", "m1", "second"))
+        other_recipient = self.logic.send(self.command(self.alice, "carol", "m1", "first"))
+        self.assertEqual(self.error_code(other_body), ErrorCode.DUPLICATE_CLIENT_MSG_ID)
+        self.assertEqual(self.error_code(other_recipient), ErrorCode.DUPLICATE_CLIENT_MSG_ID)
+
+    def test_password_control_characters_refused(self) -> None:
+        """Passwords with NUL or other control characters, or lone surrogates, are refused at registration."""
+        for password in ("password\x00", "pass\nword1", "password\ud800"):
+            self.assertEqual(self.error_code(self.logic.register("dave", password)), ErrorCode.BAD_REQUEST)

@@ -72,7 +72,7 @@ def decode_frame(payload: bytes, is_binary: bool) -> Frame:
     if is_binary:
         raise GochatError(ErrorCode.UNSUPPORTED_FRAME, "binary frames are not part of the JSON protocol")
     try:
-        envelope = json.loads(payload)
+        envelope = json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
         raise GochatError(ErrorCode.BAD_FRAME, f"malformed JSON: {e}") from None
     if not isinstance(envelope, dict):
@@ -81,7 +81,7 @@ def decode_frame(payload: bytes, is_binary: bool) -> Frame:
     if request_id is not None and not (isinstance(request_id, str) and len(request_id) <= MAX_REQUEST_ID_LENGTH):
         raise GochatError(ErrorCode.BAD_FRAME, f"id must be a string of at most {MAX_REQUEST_ID_LENGTH} characters")
     version = envelope.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:
         raise FrameError(
             GochatError(ErrorCode.UNSUPPORTED_VERSION, f"protocol version must be {PROTOCOL_VERSION}"), request_id
         )
@@ -108,7 +108,18 @@ def _string(body: dict[str, Any], name: str, max_length: int, min_length: int = 
         raise GochatError(ErrorCode.BAD_REQUEST, f"{name} must be a string")
     if not min_length <= len(value) <= max_length:
         raise GochatError(ErrorCode.BAD_REQUEST, f"{name} must have {min_length} to {max_length} characters")
+    if not is_encodable(value):
+        raise GochatError(ErrorCode.BAD_REQUEST, f"{name} must be valid Unicode (no lone surrogates)")
     return value
+
+
+def is_encodable(text: str) -> bool:
+    """Whether *text* is valid Unicode that UTF-8 can carry (JSON escapes can produce lone surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def parse_request(frame: Frame, max_body_length: int) -> Request:

@@ -118,11 +118,13 @@ class BatchWriter(Generic[T]):
         d.addCallbacks(self._written, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     def _written(self, _: object, batch: list[tuple[T, Deferred[None]]]) -> None:
-        self._writing = False
         self._retry_delay = self._policy.retry_initial
         self.batches_written += 1
+        # Still "writing" while callbacks run: items they add only queue, and
+        # what to write next is decided once, below, on the final state.
         for _item, waiter in batch:
             waiter.callback(None)
+        self._writing = False
         if self._pending and (len(self._pending) >= self._policy.max_batch or self._idle_waiters):
             self._write_next()
         elif self._pending:

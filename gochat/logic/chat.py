@@ -72,6 +72,19 @@ class PasswordHasher:
         return self._run(self._verify, password, encoded)  # type: ignore[return-value]
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_valid_password_text(password: str) -> bool:
+    """No control characters (scrypt ignores trailing NULs) and encodable as UTF-8 (no lone surrogates)."""
+    return _is_utf8(password) and not any(ord(c) < 32 or ord(c) == 127 for c in password)
+
+
 def normalise_username(username: str) -> str:
     """Usernames are case-insensitive: 3-32 of ``a-z 0-9 _ . -``, starting with a letter or digit."""
     name = username.strip().lower()
@@ -123,6 +136,8 @@ class ChatLogic:
             raise GochatError(
                 ErrorCode.BAD_REQUEST, f"password must have {MIN_PASSWORD_LENGTH} to {MAX_PASSWORD_LENGTH} characters"
             )
+        if not _is_valid_password_text(password):
+            raise GochatError(ErrorCode.BAD_REQUEST, "password must be valid Unicode text without control characters")
         encoded = await self._hasher.hash(password)
         return await self.accounts.create(name, encoded, self._clock.seconds())
 
@@ -167,6 +182,8 @@ class ChatLogic:
                 ErrorCode.BAD_REQUEST, f"body must have 1 to {self._settings.max_body_length} characters"
             )
             return fail(error)
+        if not (command.client_msg_id and _is_utf8(command.body) and _is_utf8(command.client_msg_id)):
+            return fail(GochatError(ErrorCode.BAD_REQUEST, "body and client_msg_id must be valid, non-empty Unicode"))
         key = (command.sender_id, command.client_msg_id)
         result: Deferred[Ack] = Deferred()
         waiters = self._in_flight.get(key)
@@ -185,11 +202,16 @@ class ChatLogic:
                 waiter.callback(outcome)
 
     async def _send(self, command: SendCommand) -> Ack:
-        existing = await self.messages.by_client_msg_id(command.sender_id, command.client_msg_id)
-        if existing is not None:
-            return existing.ack()
         recipient_id = await self._user_id(command.to_username)
         conv = direct_conversation(command.sender_id, recipient_id)
+        existing = await self.messages.by_client_msg_id(command.sender_id, command.client_msg_id)
+        if existing is not None:
+            if (existing.conv, existing.body) != (conv, command.body):
+                raise GochatError(
+                    ErrorCode.DUPLICATE_CLIENT_MSG_ID,
+                    f"client_msg_id {command.client_msg_id!r} was already used for another message",
+                )
+            return existing.ack()
         await self._seeded(conv)
         # From here to append() nothing waits: the seq is taken and queued for
         # the writer in one step, so batches hold messages in seq order.

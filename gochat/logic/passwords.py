@@ -44,6 +44,6 @@ def verify_password(password: str, encoded: str) -> bool:
         digest = hashlib.scrypt(
             password.encode("utf-8"), salt=salt, n=int(n), r=int(r), p=int(p), dklen=len(expected), maxmem=2**26
         )
-    except (ValueError, binascii.Error):
+    except (ValueError, TypeError, OverflowError, binascii.Error):
         return False
     return hmac.compare_digest(digest, expected)

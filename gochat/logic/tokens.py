@@ -51,7 +51,7 @@ class TokenSigner:
     def verify(self, token: str, now: float) -> Identity:
         """The identity a token carries; ``invalid_token`` if forged or garbled, ``token_expired`` if old."""
         parts = token.split(".")
-        if len(parts) != 3 or parts[0] != _PREFIX:
+        if not token.isascii() or len(parts) != 3 or parts[0] != _PREFIX:
             raise GochatError(ErrorCode.INVALID_TOKEN, "malformed token")
         signed_part = f"{parts[0]}.{parts[1]}"
         if not hmac.compare_digest(self._sign(signed_part), parts[2]):
@@ -72,12 +72,19 @@ def load_or_create_secret(path: pathlib.Path) -> bytes:
 
     Every logic process of one deployment must share the same file.
     """
-    try:
-        secret = path.read_bytes().strip()
-    except FileNotFoundError:
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        secret = _b64encode(os.urandom(48)).encode("ascii")
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(secret + b"\n")
-    return secret
+            f.write(_b64encode(os.urandom(48)).encode("ascii") + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            # link() publishes the complete file atomically, and fails if another process won the race.
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_bytes().strip()

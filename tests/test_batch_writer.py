@@ -1,0 +1,351 @@
+"""Tests for :mod:`gochat.logic.batch_writer`: batching, ordering, retries and draining."""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+
+from gochat.errors import ErrorCode, GochatError
+from gochat.logic.batch_writer import BatchPolicy, BatchWriter
+
+
+class SinkError(Exception):
+    """What the fake sink fails with."""
+
+
+class FakeSink:
+    """Records every batch it is asked to write and returns a Deferred the test fires by hand.
+
+    ``raise_next`` makes the next calls raise synchronously instead.
+    """
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.deferreds: list[Deferred[None]] = []
+        self.raise_next = 0
+
+    def __call__(self, items: list[str]) -> Deferred[None]:
+        self.calls.append(list(items))
+        if self.raise_next:
+            self.raise_next -= 1
+            raise SinkError("sink exploded")
+        d: Deferred[None] = Deferred()
+        self.deferreds.append(d)
+        return d
+
+    def commit(self, index: int = -1) -> None:
+        """Fire the Deferred of one call (the latest by default) as committed."""
+        self.deferreds[index].callback(None)
+
+    def fail(self, index: int = -1) -> None:
+        """Fire the Deferred of one call (the latest by default) as failed."""
+        self.deferreds[index].errback(SinkError("write failed"))
+
+
+class BatchWriterTestCase(SynchronousTestCase):
+    """Shared set-up: a writer on a fake sink and a Clock."""
+
+    policy = BatchPolicy(max_batch=3, max_delay=0.5, max_pending=100, retry_initial=0.25, retry_max=1.0)
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.sink = FakeSink()
+        self.writer: BatchWriter[str] = BatchWriter(self.sink, self.clock, self.policy)
+
+
+class BatchingTests(BatchWriterTestCase):
+    """When batches are written."""
+
+    def test_flush_at_max_batch(self) -> None:
+        """Reaching ``max_batch`` writes at once and cancels the delay timer."""
+        self.writer.add("a")
+        self.writer.add("b")
+        self.assertEqual(self.sink.calls, [])
+        self.assertEqual(len(self.writer), 2)
+        self.writer.add("c")
+        self.assertEqual(self.sink.calls, [["a", "b", "c"]])
+        self.assertEqual(len(self.writer), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_flush_at_max_delay(self) -> None:
+        """A lone item is written ``max_delay`` after it arrived, not before."""
+        self.writer.add("a")
+        self.clock.advance(0.25)
+        self.assertEqual(self.sink.calls, [])
+        self.clock.advance(0.125)
+        self.assertEqual(self.sink.calls, [])
+        self.clock.advance(0.125)
+        self.assertEqual(self.sink.calls, [["a"]])
+
+    def test_delay_counts_from_first_item(self) -> None:
+        """Later items join the waiting batch without restarting its timer."""
+        self.writer.add("a")
+        self.clock.advance(0.25)
+        self.writer.add("b")
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.clock.advance(0.25)
+        self.assertEqual(self.sink.calls, [["a", "b"]])
+
+    def test_item_deferreds_wait_for_commit(self) -> None:
+        """An item's Deferred fires only after the sink's Deferred for its batch fires."""
+        ds = [self.writer.add(x) for x in "abc"]
+        self.assertEqual(len(self.sink.calls), 1)
+        for d in ds:
+            self.assertNoResult(d)
+        self.sink.commit()
+        for d in ds:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.writer.batches_written, 1)
+
+    def test_one_batch_in_flight_order_preserved(self) -> None:
+        """While a batch is being written nothing else is; the backlog follows in order."""
+        first = [self.writer.add(x) for x in "abc"]
+        later = [self.writer.add(x) for x in "defgh"]
+        self.assertEqual(self.sink.calls, [["a", "b", "c"]])
+        self.assertEqual(len(self.writer), 5)
+        self.clock.advance(10)  # no timer may start a second write meanwhile
+        self.assertEqual(len(self.sink.calls), 1)
+
+        self.sink.commit()
+        for d in first:
+            self.successResultOf(d)
+        # A full batch was waiting: it goes at once.
+        self.assertEqual(self.sink.calls, [["a", "b", "c"], ["d", "e", "f"]])
+        for d in later:
+            self.assertNoResult(d)
+
+        self.sink.commit()
+        # The remainder is less than a batch: it waits for the delay.
+        self.assertEqual(len(self.sink.calls), 2)
+        self.clock.advance(0.5)
+        self.assertEqual(self.sink.calls, [["a", "b", "c"], ["d", "e", "f"], ["g", "h"]])
+        self.assertNoResult(later[3])
+        self.sink.commit()
+        for d in later:
+            self.successResultOf(d)
+        self.assertEqual(self.writer.batches_written, 3)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_commit_order_matches_add_order(self) -> None:
+        """Item Deferreds fire in the order the items were added."""
+        fired: list[str] = []
+        for x in "abcde":
+            self.writer.add(x).addCallback(lambda _, x=x: fired.append(x))
+        self.sink.commit()
+        self.clock.advance(0.5)
+        self.sink.commit()
+        self.assertEqual(fired, list("abcde"))
+
+
+class RetryTests(BatchWriterTestCase):
+    """A failed write is retried, the same batch, with exponential backoff."""
+
+    def test_backoff_and_same_batch(self) -> None:
+        """Retries wait 0.25, 0.5, 1.0, 1.0 (capped) seconds and resend the same items in the same order."""
+        ds = [self.writer.add(x) for x in "abc"]
+        later = self.writer.add("d")
+        self.assertEqual(len(self.sink.calls), 1)
+        for attempt, delay in enumerate((0.25, 0.5, 1.0, 1.0), start=1):
+            self.sink.fail()
+            self.assertEqual(self.writer.write_failures, attempt)
+            self.clock.advance(delay - 0.125)
+            self.assertEqual(len(self.sink.calls), attempt, f"retried too early after failure {attempt}")
+            self.clock.advance(0.125)
+            self.assertEqual(len(self.sink.calls), attempt + 1, f"not retried after {delay}s")
+            for d in [*ds, later]:
+                self.assertNoResult(d)
+        self.assertEqual(self.sink.calls, [["a", "b", "c"]] * 5)
+        self.assertEqual(len(self.flushLoggedErrors(SinkError)), 4)
+
+        self.sink.commit()
+        for d in ds:
+            self.assertIsNone(self.successResultOf(d))
+        self.assertEqual(self.writer.batches_written, 1)
+        self.assertNoResult(later)
+        self.clock.advance(0.5)
+        self.assertEqual(self.sink.calls[-1], ["d"])
+        self.sink.commit()
+        self.successResultOf(later)
+
+    def test_backoff_resets_after_success(self) -> None:
+        """After a successful write the next failure waits the initial delay again."""
+        for x in "abc":
+            self.writer.add(x)
+        self.sink.fail()
+        self.clock.advance(0.25)
+        self.sink.fail()
+        self.clock.advance(0.5)
+        self.sink.commit()
+        self.assertEqual(len(self.sink.calls), 3)
+
+        for x in "def":
+            self.writer.add(x)
+        self.assertEqual(len(self.sink.calls), 4)
+        self.sink.fail()
+        self.clock.advance(0.25)
+        self.assertEqual(self.sink.calls[-1], ["d", "e", "f"])
+        self.assertEqual(len(self.sink.calls), 5)
+        self.assertEqual(len(self.flushLoggedErrors(SinkError)), 3)
+
+    def test_sink_raising_synchronously(self) -> None:
+        """A sink that raises instead of returning a Deferred is treated as a failed write."""
+        self.sink.raise_next = 2
+        ds = [self.writer.add(x) for x in "abc"]
+        self.assertEqual(self.writer.write_failures, 1)
+        self.clock.advance(0.25)
+        self.assertEqual(self.writer.write_failures, 2)
+        self.clock.advance(0.25)
+        self.assertEqual(len(self.sink.calls), 2)
+        self.clock.advance(0.25)
+        self.assertEqual(self.sink.calls, [["a", "b", "c"]] * 3)
+        for d in ds:
+            self.assertNoResult(d)
+        self.sink.commit()
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual(len(self.flushLoggedErrors(SinkError)), 2)
+
+
+class BackpressureAndShutdownTests(BatchWriterTestCase):
+    """Bounded backlog, flush and stop."""
+
+    policy = BatchPolicy(max_batch=2, max_delay=0.5, max_pending=3, retry_initial=0.25, retry_max=1.0)
+
+    def test_max_pending(self) -> None:
+        """Once ``max_pending`` items wait, new ones are refused with UNAVAILABLE until the backlog drains."""
+        self.writer.add("a")
+        self.writer.add("b")  # written at once: in flight, no longer pending
+        for x in "cde":
+            self.writer.add(x)
+        self.assertEqual(len(self.writer), 3)
+        error = self.assertRaises(GochatError, self.writer.add, "f")
+        self.assertIs(error.code, ErrorCode.UNAVAILABLE)
+        self.assertEqual(len(self.writer), 3)
+
+        self.sink.commit()  # [c, d] goes out
+        self.assertEqual(len(self.writer), 1)
+        self.writer.add("f")
+        self.assertEqual(len(self.writer), 2)
+
+    def test_stop_refuses_and_drains(self) -> None:
+        """``stop`` refuses new items with SHUTTING_DOWN and fires once everything queued is committed."""
+        ds = [self.writer.add(x) for x in "abc"]
+        self.assertEqual(self.sink.calls, [["a", "b"]])
+        stopped = self.writer.stop()
+        error = self.assertRaises(GochatError, self.writer.add, "z")
+        self.assertIs(error.code, ErrorCode.SHUTTING_DOWN)
+        self.assertNoResult(stopped)
+
+        self.sink.commit()
+        # The remainder goes at once, not after the delay.
+        self.assertEqual(self.sink.calls, [["a", "b"], ["c"]])
+        self.assertNoResult(stopped)
+        self.assertNoResult(ds[2])
+
+        self.sink.commit()
+        self.assertIsNone(self.successResultOf(stopped))
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stop_waits_for_retries(self) -> None:
+        """``stop`` during a failing write fires only once the retry succeeds."""
+        d = self.writer.add("a")
+        stopped = self.writer.stop()
+        self.assertEqual(self.sink.calls, [["a"]])
+        self.sink.fail()
+        self.clock.advance(0.25)
+        self.assertNoResult(stopped)
+        self.sink.commit()
+        self.successResultOf(d)
+        self.successResultOf(stopped)
+        self.assertEqual(len(self.flushLoggedErrors(SinkError)), 1)
+
+    def test_stop_when_idle(self) -> None:
+        """``stop`` with nothing queued fires at once."""
+        self.assertIsNone(self.successResultOf(self.writer.stop()))
+        self.assertEqual(self.sink.calls, [])
+
+    def test_flush_empty(self) -> None:
+        """``flush`` with nothing queued or in flight fires at once without calling the sink."""
+        self.assertIsNone(self.successResultOf(self.writer.flush()))
+        self.assertEqual(self.sink.calls, [])
+
+    def test_flush_writes_now(self) -> None:
+        """``flush`` writes waiting items without waiting for the delay and cancels the timer."""
+        d = self.writer.add("a")
+        flushed = self.writer.flush()
+        self.assertEqual(self.sink.calls, [["a"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertNoResult(flushed)
+        self.sink.commit()
+        self.successResultOf(d)
+        self.successResultOf(flushed)
+        self.writer.add("b")  # flush does not stop the writer
+        self.clock.advance(0.5)
+        self.assertEqual(self.sink.calls[-1], ["b"])
+
+    def test_flush_waits_for_in_flight(self) -> None:
+        """``flush`` while a batch is in flight and nothing waits fires after that batch commits."""
+        self.writer.add("a")
+        self.writer.add("b")
+        flushed = self.writer.flush()
+        self.assertNoResult(flushed)
+        self.sink.commit()
+        self.successResultOf(flushed)
+        self.assertEqual(len(self.sink.calls), 1)
+
+
+class ReentrancyTests(BatchWriterTestCase):
+    """Callbacks on item Deferreds may add more items to the same writer."""
+
+    policy = BatchPolicy(max_batch=2, max_delay=0.5, max_pending=100, retry_initial=0.25, retry_max=1.0)
+
+    def test_add_from_commit_callback_keeps_one_batch_in_flight(self) -> None:
+        """Items added by a commit callback never start a second concurrent write."""
+        a = self.writer.add("a")
+        self.writer.add("b")
+        self.writer.add("c")
+        a.addCallback(lambda _: [self.writer.add("d"), self.writer.add("e")])
+        flushed = self.writer.flush()
+
+        self.sink.commit()
+        self.assertEqual(self.sink.calls, [["a", "b"], ["c", "d"]], "two batches in flight at once")
+        self.sink.commit()
+        self.assertEqual(self.sink.calls[-1], ["e"])
+        self.assertNoResult(flushed)
+        self.sink.commit()
+        self.successResultOf(flushed)
+
+    def test_flush_not_fired_early_by_commit_callback(self) -> None:
+        """A flush waiter does not fire while a batch started from a commit callback is still in flight."""
+        a = self.writer.add("a")
+        self.writer.add("b")
+        self.writer.add("c")
+        d_holder: list[Deferred[None]] = []
+        a.addCallback(lambda _: d_holder.append(self.writer.add("d")))
+        flushed = self.writer.flush()
+
+        self.sink.commit()
+        self.assertEqual(self.sink.calls, [["a", "b"], ["c", "d"]])
+        self.assertNoResult(d_holder[0])
+        self.assertNoResult(flushed)
+        self.sink.commit()
+        self.successResultOf(d_holder[0])
+        self.successResultOf(flushed)
+
+    def test_add_from_commit_callback_single_timer(self) -> None:
+        """An item added by a commit callback is written once, ``max_delay`` later, and not stranded."""
+        a = self.writer.add("a")
+        self.writer.add("b")
+        a.addCallback(lambda _: self.writer.add("x"))
+        self.sink.commit()
+        self.clock.advance(0.25)
+        self.assertEqual(len(self.sink.calls), 1)
+        self.clock.advance(0.25)
+        self.assertEqual(self.sink.calls, [["a", "b"], ["x"]])
+        self.sink.commit()
+        self.clock.advance(10)
+        self.assertEqual(self.sink.calls, [["a", "b"], ["x"]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
