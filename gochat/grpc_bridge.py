@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
@@ -157,7 +157,10 @@ class GrpcLogicClient:
                 except Exception:
                     d.errback()
 
-        future = method.future(request, timeout=self._timeout)
+        try:
+            future = method.future(request, timeout=self._timeout)
+        except Exception as e:  # a closed channel refuses new calls synchronously
+            return fail(error_from_rpc(e))
         future.add_done_callback(lambda f: self._reactor.callFromThread(fire, f))
         return d
 

@@ -108,9 +108,11 @@ class GatewayHub:
 
     def connection_lost(self, session: Session) -> None:
         """The socket of *session* is gone."""
-        session.connection_lost()
-        self._connections.pop(session.session_id, None)
-        self._live.pop(session.session_id, None)
+        try:
+            session.connection_lost()
+        finally:
+            self._connections.pop(session.session_id, None)
+            self._live.pop(session.session_id, None)
         if not self._live and self._drain_waiters:
             waiters, self._drain_waiters = self._drain_waiters, []
             for waiter in waiters:

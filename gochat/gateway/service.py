@@ -14,8 +14,9 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
@@ -28,6 +29,7 @@ from gochat.gateway.websocket import GatewayFactory, GatewayWebSocketResource
 from gochat.logic import service as logic_service
 
 EMBEDDED = "embedded"
+_log = Logger()
 
 
 def default_gateway_id() -> str:
@@ -50,6 +52,27 @@ class GatewayConfig:
     embedded_logic: logic_service.LogicConfig = field(
         default_factory=lambda: logic_service.LogicConfig(grpc_listen=None)
     )
+
+
+class StopInReverse(MultiService):
+    """Stops its children one at a time, last added first, each once the one before has finished.
+
+    ``MultiService`` stops all children at once; a gateway must first stop
+    listening, then drain its sessions (which still talk to logic and still
+    need the heartbeat to bound the closing handshakes), and only then stop
+    the wheel and logic itself.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for service in reversed(list(self)):
+            try:
+                await maybeDeferred(service.stopService)
+            except Exception:
+                _log.failure("stopping {service} failed", service=service)
 
 
 class HubService(Service):
@@ -106,7 +129,7 @@ def _site(logic: ILogicClient, factory: GatewayFactory, reactor: Any) -> Site:
 
 def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None) -> MultiService:
     """Compose the gateway; *logic* overrides the client the config names (tests)."""
-    top = MultiService()
+    top = StopInReverse()
     if logic is None:
         if config.logic == EMBEDDED:
             embedded = logic_service.build(config.embedded_logic, reactor)
