@@ -69,6 +69,27 @@ class StoredMessage:
 
 
 @dataclass(frozen=True)
+class PersistRequest:
+    """A message on its way to the store, before it has a seq.
+
+    The persist worker gives it the next seq of its conversation in the same
+    transaction that stores it; ``participants`` and the origin session say
+    whom to deliver it to once committed.
+    """
+
+    msg_id: int
+    conv: str
+    sender_id: int
+    sender: str
+    client_msg_id: str
+    body: str
+    ts: int
+    participants: tuple[int, ...]
+    origin_gateway: str
+    origin_session: str
+
+
+@dataclass(frozen=True)
 class Delivery:
     """A message for the sessions one gateway holds; the gateway frames it once."""
 

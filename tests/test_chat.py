@@ -7,45 +7,22 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.batch_writer import BatchPolicy
-from gochat.logic.chat import ChatLogic, ChatSettings, PasswordHasher
 from gochat.logic.interfaces import Route
-from gochat.logic.memory import InMemoryAccountStore, InMemoryDeliveryBus, InMemoryMessageStore, InMemoryRouteStore
-from gochat.logic.passwords import hash_password, verify_password
-from gochat.logic.sequencing import MessageIdGenerator
-from gochat.logic.tokens import TokenSigner
+from gochat.logic.memory import InMemoryMessageStore
 from gochat.model import Ack, Delivery, Identity, SendCommand
 
-from .test_gateway import CHEAP, run_now
+from .test_gateway import build_logic
 
 
 class ChatTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000.0)
-        self.messages = InMemoryMessageStore(self.clock, BatchPolicy(max_batch=10, max_delay=0.005, max_pending=20))
-        self.bus = InMemoryDeliveryBus()
-        self.logic = self.make_logic(self.messages)
+        self.messages = InMemoryMessageStore()
+        self.logic = build_logic(self.clock, self.messages, max_pending=20)
         self.deliveries: dict[str, list[Delivery]] = {"gw1": [], "gw2": []}
         for gateway_id, received in self.deliveries.items():
-            self.bus.subscribe(gateway_id, received.append)
-
-    def make_logic(self, messages: InMemoryMessageStore) -> ChatLogic:
-        return ChatLogic(
-            accounts=getattr(self, "accounts", None) or self._accounts(),
-            messages=messages,
-            routes=InMemoryRouteStore(),
-            deliveries=self.bus,
-            tokens=TokenSigner(b"s" * 32),
-            hasher=PasswordHasher(run_now, lambda p: hash_password(p, CHEAP), verify_password),
-            ids=MessageIdGenerator(3),
-            clock=self.clock,
-            settings=ChatSettings(token_ttl=3600.0, max_body_length=100),
-        )
-
-    def _accounts(self) -> InMemoryAccountStore:
-        self.accounts = InMemoryAccountStore()
-        return self.accounts
+            self.logic.deliveries.subscribe(gateway_id, received.append)
 
     def register(self, name: str) -> int:
         return self.successResultOf(self.logic.register(name, "password1"))
@@ -129,6 +106,7 @@ class SendTests(ChatTestCase):
         in_flight = self.logic.send(self.command(self.alice, "bob", "dup"))
         self.clock.advance(0.005)
         later = self.logic.send(self.command(self.alice, "bob", "dup"))
+        self.clock.advance(0.005)
         ack = self.successResultOf(first)
         self.assertEqual(self.successResultOf(in_flight), ack)
         self.assertEqual(self.successResultOf(later), ack)
@@ -153,24 +131,64 @@ class SendTests(ChatTestCase):
         self.assertEqual(self.successResultOf(d).seq, 1)
 
     def test_store_backlog_refuses_without_gap(self) -> None:
-        """When the writer's backlog is full the send is refused as unavailable and its seq reused."""
-        self.messages.writer.add = _refuse  # type: ignore[method-assign]
-        d = self.logic.send(self.command(self.alice, "bob", "m1"))
-        self.assertEqual(self.error_code(d), ErrorCode.UNAVAILABLE)
-        del self.messages.writer.add
-        d = self.logic.send(self.command(self.alice, "bob", "m2"))
-        self.clock.advance(0.005)
-        self.assertEqual(self.successResultOf(d).seq, 1)
+        """When the worker's backlog is full a send is refused as unavailable and takes no seq."""
+        held: list[Deferred[None]] = []
+        commit = self.messages.commit_batch
+
+        def slow_commit(requests, known):  # type: ignore[no-untyped-def]
+            gate: Deferred[None] = Deferred()
+            held.append(gate)
+            return gate.addCallback(lambda _: commit(requests, known))
+
+        self.messages.commit_batch = slow_commit  # type: ignore[method-assign]
+        sends = [self.logic.send(self.command(self.alice, "bob", f"m{i}")) for i in range(35)]
+        refused = [d for d in sends if d.called]
+        self.assertEqual(len(refused), 5, "10 in the batch being written, 20 waiting, 5 refused")
+        for d in refused:
+            self.assertEqual(self.error_code(d), ErrorCode.UNAVAILABLE)
+        while held:
+            held.pop(0).callback(None)
+            self.clock.advance(0.01)
+        self.assertEqual([self.successResultOf(d).seq for d in sends[:30]], list(range(1, 31)))
+        late = self.logic.send(self.command(self.alice, "bob", "late"))
+        self.clock.advance(0.01)
+        held.pop(0).callback(None)
+        self.assertEqual(self.successResultOf(late).seq, 31)
 
     def test_seq_continues_after_restart(self) -> None:
-        """A new logic over the same store seeds each conversation from the highest stored seq."""
+        """A new logic over the same store continues each conversation after the highest stored seq."""
         for i in range(3):
             self.logic.send(self.command(self.alice, "bob", f"m{i}"))
         self.clock.advance(0.005)
-        restarted = self.make_logic(self.messages)
+        restarted = build_logic(self.clock, self.messages, accounts=self.logic.accounts)  # type: ignore[arg-type]
         d = restarted.send(self.command(self.bob, "alice", "after"))
         self.clock.advance(0.005)
         self.assertEqual(self.successResultOf(d).seq, 4)
+
+    def test_retry_through_another_process(self) -> None:
+        """A retry reaching another logic process after the commit gets the stored ack, not a new seq."""
+        first = self.logic.send(self.command(self.alice, "bob", "dup"))
+        self.clock.advance(0.005)
+        other = build_logic(self.clock, self.messages, accounts=self.logic.accounts)  # type: ignore[arg-type]
+        retry = other.send(self.command(self.alice, "bob", "dup"))
+        self.clock.advance(0.005)
+        self.assertEqual(self.successResultOf(retry), self.successResultOf(first))
+        self.assertEqual(len(self.messages.messages), 1)
+
+    def test_stale_seq_cache_is_refreshed(self) -> None:
+        """When another worker wrote to a conversation, the batch is retried with fresh seqs, no gap, no reuse."""
+        self.logic.send(self.command(self.alice, "bob", "m1"))
+        self.clock.advance(0.005)
+        other = build_logic(self.clock, self.messages, accounts=self.logic.accounts)  # type: ignore[arg-type]
+        other.send(self.command(self.bob, "alice", "from-other"))
+        self.clock.advance(0.005)
+        d = self.logic.send(self.command(self.alice, "bob", "m2"))
+        self.clock.advance(0.005)
+        self.assertNoResult(d)
+        self.clock.advance(1.0)
+        self.assertEqual(self.successResultOf(d).seq, 3)
+        self.assertEqual(sorted(m.seq for m in self.messages.messages.values()), [1, 2, 3])
+        self.flushLoggedErrors()
 
     def test_deliveries_grouped_by_gateway(self) -> None:
         """Sessions on one gateway share one delivery; the sender's other devices are included."""
@@ -214,6 +232,7 @@ class BadTextTests(ChatTestCase):
         self.clock.advance(0.005)
         other_body = self.logic.send(self.command(self.alice, "bob", "m1", "second"))
         other_recipient = self.logic.send(self.command(self.alice, "carol", "m1", "first"))
+        self.clock.advance(0.005)
         self.assertEqual(self.error_code(other_body), ErrorCode.DUPLICATE_CLIENT_MSG_ID)
         self.assertEqual(self.error_code(other_recipient), ErrorCode.DUPLICATE_CLIENT_MSG_ID)
 

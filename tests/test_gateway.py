@@ -24,8 +24,10 @@ from gochat.gateway.session import SessionLimits
 from gochat.gateway.websocket import GatewayFactory
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.chat import ChatLogic, ChatSettings, PasswordHasher
+from gochat.logic.delivery import Deliverer
 from gochat.logic.memory import InMemoryAccountStore, InMemoryDeliveryBus, InMemoryMessageStore, InMemoryRouteStore
 from gochat.logic.passwords import ScryptCost, hash_password, verify_password
+from gochat.logic.persist import PersistWorker
 from gochat.logic.sequencing import MessageIdGenerator
 from gochat.logic.tokens import TokenSigner
 from gochat.model import Identity
@@ -39,18 +41,30 @@ def run_now(function: Any, *args: Any) -> Deferred[object]:
     return maybeDeferred(function, *args)
 
 
-def build_logic(clock: Clock) -> ChatLogic:
-    """ChatLogic on in-memory stores with cheap password hashing."""
+def build_logic(
+    clock: Clock,
+    messages: InMemoryMessageStore | None = None,
+    max_pending: int = 100_000,
+    accounts: InMemoryAccountStore | None = None,
+) -> ChatLogic:
+    """ChatLogic on in-memory stores with cheap password hashing, wired as the embedded default is."""
+    routes, bus = InMemoryRouteStore(), InMemoryDeliveryBus()
+    worker: PersistWorker[None] = PersistWorker(
+        messages if messages is not None else InMemoryMessageStore(),
+        clock,
+        BatchPolicy(max_batch=10, max_delay=0.005, max_pending=max_pending),
+        Deliverer(routes, bus).batch_committed,
+    )
     return ChatLogic(
-        accounts=InMemoryAccountStore(),
-        messages=InMemoryMessageStore(clock, BatchPolicy(max_batch=100, max_delay=0.005)),
-        routes=InMemoryRouteStore(),
-        deliveries=InMemoryDeliveryBus(),
+        accounts=accounts if accounts is not None else InMemoryAccountStore(),
+        persist=worker,
+        routes=routes,
+        deliveries=bus,
         tokens=TokenSigner(b"k" * 32),
         hasher=PasswordHasher(run_now, lambda p: hash_password(p, CHEAP), verify_password),
         ids=MessageIdGenerator(1),
         clock=clock,
-        settings=ChatSettings(),
+        settings=ChatSettings(token_ttl=3600.0, max_body_length=100),
     )
 
 
@@ -89,7 +103,8 @@ class GatewayTestCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000.0)
-        self.logic = build_logic(self.clock)
+        self.messages = InMemoryMessageStore()
+        self.logic = build_logic(self.clock, self.messages)
         self.factory = GatewayFactory(self.clock, URL, self.max_frame_bytes)
         self.hub = GatewayHub("gw1", LocalLogicClient(self.logic), self.clock, self.limits, self.factory.prepare)
         self.factory.hub = self.hub
@@ -186,7 +201,7 @@ class ChatTests(GatewayTestCase):
         self.assertEqual([a["id"] for a in acks], ["r1", "r2", "r3"])
         self.assertEqual(len({json.dumps(a["body"], sort_keys=True) for a in acks}), 1)
         self.assertEqual(len(bob.received), 1)
-        self.assertEqual(len(self.logic.messages.messages), 1)  # type: ignore[attr-defined]
+        self.assertEqual(len(self.messages.messages), 1)
 
     def test_every_device_gets_every_message(self) -> None:
         """Bob's two devices get the push, framed once; Alice's other device gets her own message."""
@@ -247,7 +262,7 @@ class BadInputTests(GatewayTestCase):
     def test_expired_token_closes_4402(self) -> None:
         """A token past its lifetime gets token_expired and close 4402."""
         token = self.user("alice")
-        self.clock.advance(ChatSettings().token_ttl + 1)
+        self.clock.advance(3600.0 + 1)
         client = self.connect()
         client.send_json("auth", {"token": token}, "a")
         self.flush()

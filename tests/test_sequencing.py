@@ -12,10 +12,11 @@ from gochat.logic.sequencing import (
     MAX_NODE_ID,
     NODE_BITS,
     MessageIdGenerator,
-    SequenceCounters,
+    assign_seqs,
     direct_conversation,
     participants,
 )
+from gochat.model import PersistRequest
 
 # 1000 seconds after the id epoch, in seconds since the Unix epoch.
 T0 = EPOCH_MS / 1000 + 1000.0
@@ -55,47 +56,41 @@ class ConversationKeyTests(SynchronousTestCase):
             self.assertRaises(ValueError, participants, conv)
 
 
-class SequenceCountersTests(SynchronousTestCase):
-    """Per-conversation seq: seeded from the store, then strictly increasing without gaps."""
+def persist_request(msg_id: int, sender_id: int, cmid: str, conv: str = "d:1:2", body: str = "hi") -> PersistRequest:
+    return PersistRequest(msg_id, conv, sender_id, f"user{sender_id}", cmid, body, 1000 + msg_id, (1, 2), "gw", "s")
 
-    def test_seed_then_next(self) -> None:
-        """After seeding with the last stored seq, next gives the following numbers."""
-        counters = SequenceCounters()
-        self.assertNotIn("d:1:2", counters)
-        counters.seed("d:1:2", 0)
-        self.assertIn("d:1:2", counters)
-        self.assertEqual([counters.next("d:1:2") for _ in range(3)], [1, 2, 3])
 
-    def test_seed_from_store(self) -> None:
-        """Seeding with a stored seq continues after it."""
-        counters = SequenceCounters()
-        counters.seed("d:1:2", 41)
-        self.assertEqual(counters.next("d:1:2"), 42)
+class AssignSeqsTests(SynchronousTestCase):
+    """The pure rule that gives seqs inside the storing transaction."""
 
-    def test_seed_never_moves_back(self) -> None:
-        """A stale seed (lower or equal) is ignored; a higher one moves ahead."""
-        counters = SequenceCounters()
-        counters.seed("d:1:2", 0)
-        for _ in range(5):
-            counters.next("d:1:2")
-        counters.seed("d:1:2", 2)
-        counters.seed("d:1:2", 5)
-        self.assertEqual(counters.next("d:1:2"), 6)
-        counters.seed("d:1:2", 10)
-        self.assertEqual(counters.next("d:1:2"), 11)
+    def test_new_requests_follow_last_seq_in_order(self) -> None:
+        """New requests take last+1, last+2... per conversation, in request order."""
+        requests = [persist_request(1, 1, "a"), persist_request(2, 2, "b", conv="d:2:3"), persist_request(3, 1, "c")]
+        assignment = assign_seqs(requests, {}, {"d:1:2": 7, "d:2:3": 0})
+        self.assertEqual([(m.conv, m.seq) for m in assignment.results], [("d:1:2", 8), ("d:2:3", 1), ("d:1:2", 9)])
+        self.assertEqual(assignment.new, assignment.results)
+        self.assertEqual(assignment.last_seq, {"d:1:2": 9, "d:2:3": 1})
+        self.assertEqual([m.msg_id for m in assignment.results], [1, 2, 3])
 
-    def test_conversations_independent(self) -> None:
-        """Each conversation has its own counter."""
-        counters = SequenceCounters()
-        counters.seed("d:1:2", 0)
-        counters.seed("d:1:3", 100)
-        self.assertEqual(counters.next("d:1:2"), 1)
-        self.assertEqual(counters.next("d:1:3"), 101)
-        self.assertEqual(counters.next("d:1:2"), 2)
+    def test_stored_requests_come_back_unchanged(self) -> None:
+        """A request already stored (a retry or redelivery) becomes the stored message and takes no seq."""
+        stored = assign_seqs([persist_request(1, 1, "a")], {}, {"d:1:2": 0}).results[0]
+        retry = persist_request(99, 1, "a")
+        assignment = assign_seqs([retry, persist_request(2, 1, "b")], {(1, "a"): stored}, {"d:1:2": 1})
+        self.assertEqual(assignment.results[0], stored)
+        self.assertEqual([m.seq for m in assignment.new], [2])
 
-    def test_next_unseeded(self) -> None:
-        """``next`` on an unseeded conversation is a KeyError, never a made-up seq."""
-        self.assertRaises(KeyError, SequenceCounters().next, "d:1:2")
+    def test_duplicates_within_a_batch(self) -> None:
+        """The same client id twice in one batch is stored once; both get the first one's message."""
+        assignment = assign_seqs([persist_request(1, 1, "a"), persist_request(2, 1, "a")], {}, {"d:1:2": 0})
+        self.assertEqual(assignment.results[0], assignment.results[1])
+        self.assertEqual(len(assignment.new), 1)
+        self.assertEqual(assignment.last_seq, {"d:1:2": 1})
+
+    def test_client_ids_are_per_sender(self) -> None:
+        """Two senders may use the same client id."""
+        assignment = assign_seqs([persist_request(1, 1, "a"), persist_request(2, 2, "a")], {}, {"d:1:2": 0})
+        self.assertEqual([m.seq for m in assignment.new], [1, 2])
 
 
 class MessageIdGeneratorTests(SynchronousTestCase):

@@ -10,20 +10,24 @@ from twisted.trial.unittest import TestCase
 from gochat.errors import ErrorCode, GochatError
 from gochat.logic import sqlite_store
 from gochat.logic.batch_writer import BatchPolicy
+from gochat.logic.interfaces import StaleSequenceError
+from gochat.logic.persist import Committed, PersistWorker
 from gochat.logic.sqlite_store import SqliteAccountStore, SqliteMessageStore, SqliteStoreService, connect_pool
-from gochat.model import StoredMessage
+from gochat.model import PersistRequest
 
 
-def message(seq: int, cmid: str | None = None, msg_id: int | None = None) -> StoredMessage:
-    return StoredMessage(
-        msg_id=msg_id if msg_id is not None else 1000 + seq,
-        conv="d:1:2",
-        seq=seq,
+def request(n: int, cmid: str | None = None, conv: str = "d:1:2") -> PersistRequest:
+    return PersistRequest(
+        msg_id=1000 + n,
+        conv=conv,
         sender_id=1,
         sender="alice",
-        client_msg_id=cmid or f"m{seq}",
-        body=f"body {seq} \N{GRINNING FACE}",
-        ts=1_700_000_000_000 + seq,
+        client_msg_id=cmid or f"m{n}",
+        body=f"body {n} \N{GRINNING FACE}",
+        ts=1_700_000_000_000 + n,
+        participants=(1, 2),
+        origin_gateway="gw",
+        origin_session="s",
     )
 
 
@@ -36,35 +40,54 @@ class SqliteStoreTests(TestCase):
         self.path = path or self.mktemp()
         self.pool = connect_pool(self.path, reactor)
         self.accounts = SqliteAccountStore(self.pool)
-        self.messages = SqliteMessageStore(self.pool, reactor, BatchPolicy(max_batch=50, max_delay=0.002))
-        self.service = SqliteStoreService(self.pool, self.messages)
+        self.messages = SqliteMessageStore(self.pool)
+        self.committed: list[Committed[None]] = []
+        self.worker: PersistWorker[None] = PersistWorker(
+            self.messages, reactor, BatchPolicy(max_batch=50, max_delay=0.002), self.committed.extend
+        )
+        self.service = SqliteStoreService(self.pool)
         self.service.startService()
         self.assertEqual(await self.service.ready, sqlite_store.SCHEMA_VERSION)
 
     async def stop(self) -> None:
-        await self.service.stopService()
+        await self.worker.stop()
+        self.service.stopService()
 
     async def test_messages_round_trip(self) -> None:
-        """Batched messages are stored once each, found by client id, and last_seq follows them."""
+        """Batched messages get seqs 1..n in order, are found by client id, and last_seq follows them."""
         await self.start()
         self.addCleanup(self.stop)
-        await gatherResults([self.messages.append(message(seq)) for seq in range(1, 121)])
-        self.assertGreaterEqual(self.messages.writer.batches_written, 3)
+        stored = await gatherResults([self.worker.submit(request(n)) for n in range(1, 121)])
+        self.assertEqual([m.seq for m in stored], list(range(1, 121)))
+        self.assertGreaterEqual(self.worker.writer.batches_written, 3)
         self.assertEqual(await self.messages.last_seq("d:1:2"), 120)
         self.assertEqual(await self.messages.last_seq("d:1:3"), 0)
-        self.assertEqual(await self.messages.by_client_msg_id(1, "m7"), message(7))
+        self.assertEqual(await self.messages.by_client_msg_id(1, "m7"), stored[6])
+        self.assertEqual(stored[6].body, "body 7 \N{GRINNING FACE}")
         self.assertIsNone(await self.messages.by_client_msg_id(2, "m7"))
         self.assertEqual(await self.messages.count(), 120)
+        self.assertEqual([item.is_new for item in self.committed], [True] * 120)
 
     async def test_redelivered_batch_inserts_nothing_twice(self) -> None:
-        """Storing the same messages again (a redelivery) is a no-op, by msg_id, by seq and by client id."""
+        """Committing the same requests again (a broker redelivery) stores nothing and returns the same messages."""
         await self.start()
         self.addCleanup(self.stop)
-        await gatherResults([self.messages.append(message(seq)) for seq in range(1, 11)])
-        await gatherResults([self.messages.append(message(seq)) for seq in range(1, 11)])
-        await self.messages.append(message(3, cmid="other", msg_id=99))
-        await self.messages.append(message(11, cmid="m4", msg_id=98))
+        batch = [request(n) for n in range(1, 11)]
+        first = await self.messages.commit_batch(batch, {})
+        again = await self.messages.commit_batch(batch, {"d:1:2": 10})
+        self.assertEqual(again.results, first.results)
+        self.assertEqual(again.new, [])
         self.assertEqual(await self.messages.count(), 10)
+
+    async def test_stale_cache_fails_whole_batch(self) -> None:
+        """A batch built on a stale last-seq stores nothing and says so with StaleSequenceError."""
+        await self.start()
+        self.addCleanup(self.stop)
+        await self.messages.commit_batch([request(1), request(2)], {})
+        with self.assertRaises(StaleSequenceError):
+            await self.messages.commit_batch([request(3, conv="d:1:3"), request(4)], {"d:1:2": 0})
+        self.assertEqual(await self.messages.count(), 2)
+        self.assertEqual(await self.messages.last_seq("d:1:3"), 0)
 
     async def test_accounts(self) -> None:
         """Accounts get increasing ids; a taken name is username_taken."""
@@ -85,7 +108,7 @@ class SqliteStoreTests(TestCase):
     async def test_data_survives_restart(self) -> None:
         """Stop flushes what is queued; a restart on the same file migrates nothing and sees the data."""
         await self.start()
-        pending = [self.messages.append(message(seq)) for seq in range(1, 6)]
+        pending = [self.worker.submit(request(n)) for n in range(1, 6)]
         await self.stop()
         await gatherResults(pending)
         await self.start(self.path)
@@ -107,9 +130,9 @@ class SqliteStoreTests(TestCase):
         from twisted.internet import reactor
 
         pool = connect_pool(path, reactor)
-        service = SqliteStoreService(pool, SqliteMessageStore(pool, reactor, BatchPolicy()))
+        service = SqliteStoreService(pool)
         service.startService()
         with self.assertRaises(RuntimeError):
             await service.ready
-        await service.stopService()
+        service.stopService()
         self.flushLoggedErrors(RuntimeError)

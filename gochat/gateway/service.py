@@ -14,9 +14,8 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
-from twisted.logger import Logger
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 from twisted.web.static import Data
@@ -26,10 +25,10 @@ from gochat.gateway.hub import GatewayHub
 from gochat.gateway.logic_client import ILogicClient, LocalLogicClient
 from gochat.gateway.session import SessionLimits
 from gochat.gateway.websocket import GatewayFactory, GatewayWebSocketResource
+from gochat.lifecycle import StopInReverse
 from gochat.logic import service as logic_service
 
 EMBEDDED = "embedded"
-_log = Logger()
 
 
 def default_gateway_id() -> str:
@@ -52,27 +51,6 @@ class GatewayConfig:
     embedded_logic: logic_service.LogicConfig = field(
         default_factory=lambda: logic_service.LogicConfig(grpc_listen=None)
     )
-
-
-class StopInReverse(MultiService):
-    """Stops its children one at a time, last added first, each once the one before has finished.
-
-    ``MultiService`` stops all children at once; a gateway must first stop
-    listening, then drain its sessions (which still talk to logic and still
-    need the heartbeat to bound the closing handshakes), and only then stop
-    the wheel and logic itself.
-    """
-
-    def stopService(self) -> Deferred[None]:
-        Service.stopService(self)
-        return Deferred.fromCoroutine(self._stop_children())
-
-    async def _stop_children(self) -> None:
-        for service in reversed(list(self)):
-            try:
-                await maybeDeferred(service.stopService)
-            except Exception:
-                _log.failure("stopping {service} failed", service=service)
 
 
 class HubService(Service):

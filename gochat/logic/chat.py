@@ -6,32 +6,33 @@ default and production differ only in the stores and bus passed in.
 The send path keeps the delivery contract:
 
 1. a retried send (same sender, same ``client_msg_id``) joins the first
-   attempt while it is in flight, or returns the stored message's ack after;
-2. the conversation's next seq is taken from :class:`SequenceCounters`,
-   seeded from the store the first time a conversation is seen;
-3. the message is appended to the store; the ack is returned only once the
-   batch holding it has committed;
-4. after the commit, one delivery per gateway goes to the sessions of both
-   participants (except the sending session), in seq order.
+   attempt while it is in flight in this process;
+2. the message goes to the persist queue, whose worker stores it with the
+   conversation's next seq in one transaction, or finds it already stored (a
+   retry through another process, a redelivery) and returns it unchanged;
+3. the ack is returned only once that transaction has committed, and only if
+   the stored message is this one (a reused id for another message is
+   refused);
+4. deliveries go out from the worker after the commit, in seq order (see
+   :mod:`gochat.logic.delivery`).
 """
 
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, IRouteStore, Route
-from gochat.logic.sequencing import MessageIdGenerator, SequenceCounters, direct_conversation
+from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IPersistQueue, IRouteStore, Route
+from gochat.logic.sequencing import MessageIdGenerator, direct_conversation
 from gochat.logic.tokens import TokenSigner
-from gochat.model import Ack, Delivery, Identity, LoginResult, SendCommand, StoredMessage
+from gochat.model import Ack, Identity, LoginResult, PersistRequest, SendCommand
 
 _log = Logger()
 
@@ -101,7 +102,7 @@ class ChatLogic:
     def __init__(
         self,
         accounts: IAccountStore,
-        messages: IMessageStore,
+        persist: IPersistQueue,
         routes: IRouteStore,
         deliveries: IDeliveryBus,
         tokens: TokenSigner,
@@ -111,7 +112,7 @@ class ChatLogic:
         settings: ChatSettings,
     ) -> None:
         self.accounts = accounts
-        self.messages = messages
+        self.persist = persist
         self.routes = routes
         self.deliveries = deliveries
         self._tokens = tokens
@@ -119,8 +120,6 @@ class ChatLogic:
         self._ids = ids
         self._clock = clock
         self._settings = settings
-        self._seqs = SequenceCounters()
-        self._seeding: dict[str, list[Deferred[None]]] = {}
         self._in_flight: dict[tuple[int, str], list[Deferred[Ack]]] = {}
         self._ids_by_name: dict[str, int] = {}
 
@@ -203,38 +202,26 @@ class ChatLogic:
 
     async def _send(self, command: SendCommand) -> Ack:
         recipient_id = await self._user_id(command.to_username)
-        conv = direct_conversation(command.sender_id, recipient_id)
-        existing = await self.messages.by_client_msg_id(command.sender_id, command.client_msg_id)
-        if existing is not None:
-            if (existing.conv, existing.body) != (conv, command.body):
-                raise GochatError(
-                    ErrorCode.DUPLICATE_CLIENT_MSG_ID,
-                    f"client_msg_id {command.client_msg_id!r} was already used for another message",
-                )
-            return existing.ack()
-        await self._seeded(conv)
-        # From here to append() nothing waits: the seq is taken and queued for
-        # the writer in one step, so batches hold messages in seq order.
         now = self._clock.seconds()
-        message = StoredMessage(
+        request = PersistRequest(
             msg_id=self._ids.next(now),
-            conv=conv,
-            seq=self._seqs.next(conv),
+            conv=direct_conversation(command.sender_id, recipient_id),
             sender_id=command.sender_id,
             sender=command.sender,
             client_msg_id=command.client_msg_id,
             body=command.body,
             ts=int(now * 1000),
+            participants=(command.sender_id, recipient_id),
+            origin_gateway=command.gateway_id,
+            origin_session=command.session_id,
         )
-        try:
-            committed = self.messages.append(message)
-        except GochatError:
-            # Refused before it was queued (the store is behind): give the seq back so none is skipped.
-            self._seqs.release(conv, message.seq)
-            raise
-        await committed
-        await self._deliver(message, (command.sender_id, recipient_id), Route(command.gateway_id, command.session_id))
-        return message.ack()
+        stored = await self.persist.submit(request)
+        if (stored.conv, stored.body) != (request.conv, request.body):
+            raise GochatError(
+                ErrorCode.DUPLICATE_CLIENT_MSG_ID,
+                f"client_msg_id {command.client_msg_id!r} was already used for another message",
+            )
+        return stored.ack()
 
     async def _user_id(self, username: str) -> int:
         unknown = GochatError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")
@@ -250,50 +237,3 @@ class ChatLogic:
             raise unknown
         self._ids_by_name[name] = account.user_id
         return account.user_id
-
-    def _seeded(self, conv: str) -> Deferred[None]:
-        """Fires once *conv*'s counter is seeded from the store; waiters resume in call order."""
-        if conv in self._seqs and conv not in self._seeding:
-            return succeed(None)
-        d: Deferred[None] = Deferred()
-        waiters = self._seeding.get(conv)
-        if waiters is not None:
-            waiters.append(d)
-            return d
-        self._seeding[conv] = [d]
-
-        def seeded(last_seq: int) -> None:
-            self._seqs.seed(conv, last_seq)
-            for waiter in self._seeding.pop(conv):
-                waiter.callback(None)
-
-        def failed(failure: Failure) -> None:
-            for waiter in self._seeding.pop(conv):
-                waiter.errback(failure)
-
-        self.messages.last_seq(conv).addCallbacks(seeded, failed)
-        return d
-
-    async def _deliver(self, message: StoredMessage, user_ids: tuple[int, int], origin: Route) -> None:
-        """Publish one delivery per gateway holding a session of either participant, except *origin*.
-
-        Routing trouble is logged, not raised: the message is stored and
-        acknowledged, and recipients who miss the push recover it by sync.
-        """
-        try:
-            routes_by_user = await self.routes.routes(set(user_ids))
-        except Exception:
-            _log.failure("routing of {msg_id} failed", msg_id=message.msg_id)
-            return
-        sessions: dict[str, list[str]] = defaultdict(list)
-        for routes in routes_by_user.values():
-            for route in sorted(routes):
-                if route != origin:
-                    sessions[route.gateway_id].append(route.session_id)
-        for gateway_id, session_ids in sessions.items():
-            d = self.deliveries.publish(Delivery(gateway_id, tuple(session_ids), message))
-            d.addErrback(_log_delivery_failure, gateway_id)
-
-
-def _log_delivery_failure(failure: Failure, gateway_id: str) -> None:
-    _log.failure("delivery to {gateway_id} failed", failure, gateway_id=gateway_id)

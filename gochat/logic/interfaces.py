@@ -7,13 +7,14 @@ real service behind the same interface.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
-from gochat.model import Delivery, StoredMessage
+from gochat.logic.sequencing import Assignment
+from gochat.model import Delivery, PersistRequest, StoredMessage
 
 
 @dataclass(frozen=True)
@@ -49,14 +50,28 @@ class IAccountStore(Protocol):
 class IMessageStore(Protocol):
     """Durable messages, ordered by seq within each conversation."""
 
-    def append(self, message: StoredMessage) -> Deferred[None]:
-        """Persist *message*; fires only once it is committed. Storing the same message again is a no-op."""
+    def commit_batch(
+        self, requests: Sequence[PersistRequest], known_last_seq: Mapping[str, int]
+    ) -> Deferred[Assignment]:
+        """Store a batch in one transaction, seqs assigned by :func:`~gochat.logic.sequencing.assign_seqs`.
+
+        Requests already stored (same sender and client message id) are not
+        stored again and come back as the stored message. *known_last_seq* is
+        the caller's cache of last seqs; conversations missing from it are
+        read from the store inside the transaction. If the cache was stale
+        (another writer stored a seq since), the transaction fails with
+        :class:`StaleSequenceError` and stores nothing.
+        """
 
     def by_client_msg_id(self, sender_id: int, client_msg_id: str) -> Deferred[StoredMessage | None]:
         """The message a sender stored under a client message id, if any."""
 
     def last_seq(self, conv: str) -> Deferred[int]:
         """The highest stored seq of *conv*, 0 if it has none."""
+
+
+class StaleSequenceError(Exception):
+    """A batch's seqs collided with stored ones: the writer's cache of last seqs is out of date."""
 
 
 class IRouteStore(Protocol):
@@ -90,3 +105,14 @@ class IDeliveryBus(Protocol):
 
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> DeliverySubscription:
         """Call *handler* with each delivery for *gateway_id* until cancelled."""
+
+
+class IPersistQueue(Protocol):
+    """Hands a message to the persist worker and waits until it is committed.
+
+    In-process in the embedded default; over a durable RabbitMQ queue with
+    publisher confirms in production.
+    """
+
+    def submit(self, request: PersistRequest) -> Deferred[StoredMessage]:
+        """Fires with the stored message (seq assigned) once it is committed."""

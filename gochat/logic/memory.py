@@ -4,22 +4,21 @@ The route store and delivery bus serve the embedded default; the account
 and message stores serve the tests (the embedded default keeps those in
 SQLite). Same semantics as the Redis, RabbitMQ and database adapters: every
 call returns a Deferred, deliveries for one gateway reach its subscribers in
-publish order, messages are acknowledged only after their batch commits.
+publish order, a batch of messages commits all or nothing.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.batch_writer import BatchPolicy, BatchWriter
-from gochat.logic.interfaces import Account, DeliveryHandler, Route
-from gochat.model import Delivery, StoredMessage
+from gochat.logic.interfaces import Account, DeliveryHandler, Route, StaleSequenceError
+from gochat.logic.sequencing import Assignment, assign_seqs
+from gochat.model import Delivery, PersistRequest, StoredMessage
 
 _log = Logger()
 
@@ -119,37 +118,33 @@ class InMemoryAccountStore:
 
 
 class InMemoryMessageStore:
-    """:class:`~gochat.logic.interfaces.IMessageStore` in dicts, committed through a batch writer.
+    """:class:`~gochat.logic.interfaces.IMessageStore` in dicts; a batch commits at once, all or nothing."""
 
-    The writer's sink stores the batch in memory and fires at once, so the
-    ack-after-commit ordering is the same as with a database.
-    """
-
-    def __init__(self, clock: IReactorTime, policy: BatchPolicy) -> None:
+    def __init__(self) -> None:
         self.messages: dict[int, StoredMessage] = {}
         self._by_client_id: dict[tuple[int, str], StoredMessage] = {}
-        self._by_seq: dict[tuple[str, int], StoredMessage] = {}
-        self.writer: BatchWriter[StoredMessage] = BatchWriter(self._commit, clock, policy)
+        self._last_seq: dict[str, int] = {}
+        self.batches = 0
 
-    def _commit(self, batch: list[StoredMessage]) -> Deferred[None]:
-        for message in batch:
-            key = (message.sender_id, message.client_msg_id)
-            if (
-                message.msg_id in self.messages
-                or key in self._by_client_id
-                or (message.conv, message.seq) in self._by_seq
-            ):
-                continue
+    def commit_batch(
+        self, requests: Sequence[PersistRequest], known_last_seq: Mapping[str, int]
+    ) -> Deferred[Assignment]:
+        keys = {(r.sender_id, r.client_msg_id) for r in requests}
+        existing = {key: self._by_client_id[key] for key in keys if key in self._by_client_id}
+        last = {r.conv: known_last_seq.get(r.conv, self._last_seq.get(r.conv, 0)) for r in requests}
+        assignment = assign_seqs(requests, existing, last)
+        for message in assignment.new:
+            if message.seq <= self._last_seq.get(message.conv, 0):
+                return fail(StaleSequenceError(f"seq {message.seq} of {message.conv} is taken"))
+        for message in assignment.new:
             self.messages[message.msg_id] = message
-            self._by_client_id[key] = message
-            self._by_seq[(message.conv, message.seq)] = message
-        return succeed(None)
-
-    def append(self, message: StoredMessage) -> Deferred[None]:
-        return self.writer.add(message)
+            self._by_client_id[(message.sender_id, message.client_msg_id)] = message
+            self._last_seq[message.conv] = message.seq
+        self.batches += 1
+        return succeed(assignment)
 
     def by_client_msg_id(self, sender_id: int, client_msg_id: str) -> Deferred[StoredMessage | None]:
         return succeed(self._by_client_id.get((sender_id, client_msg_id)))
 
     def last_seq(self, conv: str) -> Deferred[int]:
-        return succeed(max((seq for c, seq in self._by_seq if c == conv), default=0))
+        return succeed(self._last_seq.get(conv, 0))

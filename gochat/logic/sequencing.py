@@ -1,11 +1,18 @@
 """The ordering rules: conversation keys, per-conversation seq, message ids. Pure.
 
-Every conversation has a gap-free, strictly increasing seq starting at 1.
+Every conversation has a gap-free, strictly increasing seq starting at 1. The
+seq is given by :func:`assign_seqs` inside the transaction that stores the
+message, so a crash anywhere can neither skip nor reuse one.
 Message ids are 64-bit, time-ordered and unique across logic nodes
 (milliseconds since 2025-01-01, a 10-bit node id, a 12-bit counter).
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gochat.model import PersistRequest, StoredMessage
 
 EPOCH_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 NODE_BITS = 10
@@ -25,36 +32,6 @@ def participants(conv: str) -> tuple[int, ...]:
     if kind != "d" or len(ids) != 2:
         raise ValueError(f"not a direct conversation: {conv!r}")
     return tuple(int(i) for i in ids)
-
-
-class SequenceCounters:
-    """The last seq given out per conversation, for the conversations this process has loaded.
-
-    Seeds come from the store (the highest stored seq); a conversation must be
-    seeded before :meth:`next` is called for it.
-    """
-
-    def __init__(self) -> None:
-        self._last: dict[str, int] = {}
-
-    def __contains__(self, conv: str) -> bool:
-        return conv in self._last
-
-    def seed(self, conv: str, last_seq: int) -> None:
-        """Start *conv* after *last_seq*, unless it is already further along."""
-        if last_seq > self._last.get(conv, -1):
-            self._last[conv] = last_seq
-
-    def next(self, conv: str) -> int:
-        """The next seq of *conv*."""
-        seq = self._last[conv] + 1
-        self._last[conv] = seq
-        return seq
-
-    def release(self, conv: str, seq: int) -> None:
-        """Take back *seq* when it was the last given out and its message was never stored."""
-        if self._last.get(conv) == seq:
-            self._last[conv] = seq - 1
 
 
 class MessageIdGenerator:
@@ -79,3 +56,50 @@ class MessageIdGenerator:
             self._counter = 0
         self._last_ms = ms
         return (ms << (NODE_BITS + COUNTER_BITS)) | (self._node_id << COUNTER_BITS) | self._counter
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """What a batch of requests became: one stored message per request, which of them are new, and the last seqs."""
+
+    results: list[StoredMessage]
+    new: list[StoredMessage]
+    last_seq: dict[str, int]
+
+
+def assign_seqs(
+    requests: Sequence[PersistRequest],
+    existing: Mapping[tuple[int, str], StoredMessage],
+    last_seq: Mapping[str, int],
+) -> Assignment:
+    """Give each new request the next seq of its conversation, in request order.
+
+    A request whose (sender, client message id) is already stored, or appears
+    earlier in the batch, becomes that message again: a retry or a broker
+    redelivery stores nothing twice and takes no seq. ``last_seq`` must hold
+    every conversation of the batch (0 for a new one).
+    """
+    known = dict(existing)
+    last = {conv: last_seq[conv] for conv in {r.conv for r in requests}}
+    results: list[StoredMessage] = []
+    new: list[StoredMessage] = []
+    for request in requests:
+        key = (request.sender_id, request.client_msg_id)
+        message = known.get(key)
+        if message is None:
+            seq = last[request.conv] + 1
+            last[request.conv] = seq
+            message = StoredMessage(
+                msg_id=request.msg_id,
+                conv=request.conv,
+                seq=seq,
+                sender_id=request.sender_id,
+                sender=request.sender,
+                client_msg_id=request.client_msg_id,
+                body=request.body,
+                ts=request.ts,
+            )
+            known[key] = message
+            new.append(message)
+        results.append(message)
+    return Assignment(results, new, last)

@@ -12,14 +12,16 @@ import pathlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from twisted.application.service import MultiService
 from twisted.internet.threads import deferToThreadPool
 
 from gochat.grpc_bridge import GrpcServerService, LogicServicer
+from gochat.lifecycle import StopInReverse
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.chat import ChatLogic, ChatSettings, PasswordHasher
+from gochat.logic.delivery import Deliverer
 from gochat.logic.memory import InMemoryDeliveryBus, InMemoryRouteStore
 from gochat.logic.passwords import ScryptCost, hash_password, verify_password
+from gochat.logic.persist import PersistService, PersistWorker
 from gochat.logic.sequencing import MessageIdGenerator
 from gochat.logic.sqlite_store import SqliteAccountStore, SqliteMessageStore, SqliteStoreService, connect_pool
 from gochat.logic.tokens import TokenSigner, load_or_create_secret
@@ -48,7 +50,7 @@ class LogicConfig:
         return pathlib.Path(self.token_secret_file) if self.token_secret_file else self.data_dir / "token.key"
 
 
-class LogicService(MultiService):
+class LogicService(StopInReverse):
     """The logic role: its store, its gRPC server, and the :class:`ChatLogic` they serve."""
 
     def __init__(self, chat: ChatLogic, store: SqliteStoreService) -> None:
@@ -62,8 +64,13 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
     config.database_path.parent.mkdir(parents=True, exist_ok=True)
     pool = connect_pool(str(config.database_path), reactor)
     accounts = SqliteAccountStore(pool)
-    messages = SqliteMessageStore(pool, reactor, config.batch)
-    store = SqliteStoreService(pool, messages)
+    store = SqliteStoreService(pool)
+    routes = InMemoryRouteStore()
+    deliveries = InMemoryDeliveryBus()
+    deliverer = Deliverer(routes, deliveries)
+    worker: PersistWorker[None] = PersistWorker(
+        SqliteMessageStore(pool), reactor, config.batch, deliverer.batch_committed
+    )
     threads = functools.partial(deferToThreadPool, reactor, reactor.getThreadPool())
     hasher = PasswordHasher(
         threads,
@@ -72,9 +79,9 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
     )
     chat = ChatLogic(
         accounts=accounts,
-        messages=messages,
-        routes=InMemoryRouteStore(),
-        deliveries=InMemoryDeliveryBus(),
+        persist=worker,
+        routes=routes,
+        deliveries=deliveries,
         tokens=TokenSigner(load_or_create_secret(config.token_secret_path)),
         hasher=hasher,
         ids=MessageIdGenerator(config.node_id),
@@ -83,6 +90,7 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
     )
     service = LogicService(chat, store)
     store.setServiceParent(service)
+    PersistService(worker).setServiceParent(service)
     if config.grpc_listen is not None:
         grpc_service = GrpcServerService(LogicServicer(chat, reactor), config.grpc_listen, reactor, config.grpc_workers)
         grpc_service.setServiceParent(service)

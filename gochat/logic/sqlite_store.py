@@ -1,7 +1,7 @@
 """The embedded default's store: SQLite through ``twisted.enterprise.adbapi``.
 
-Accounts are written one by one; messages go through the same
-:class:`~gochat.logic.batch_writer.BatchWriter` as in production, one
+Accounts are written one by one; messages come in batches from the same
+:class:`~gochat.logic.persist.PersistWorker` as in production, one
 ``executemany`` transaction per batch. The pool has a single connection
 (SQLite allows one writer), so statements run in the order they were issued
 and the schema migration issued at start runs before anything else.
@@ -10,19 +10,19 @@ and the schema migration issued at start runs before anything else.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.batch_writer import BatchPolicy, BatchWriter
-from gochat.logic.interfaces import Account
-from gochat.model import StoredMessage
+from gochat.logic.interfaces import Account, StaleSequenceError
+from gochat.logic.sequencing import Assignment, assign_seqs
+from gochat.model import PersistRequest, StoredMessage
 
 _log = Logger()
 T = TypeVar("T")
@@ -62,7 +62,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _MESSAGE_COLUMNS = "msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts"
-_INSERT_MESSAGE = f"INSERT OR IGNORE INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_MESSAGE = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_SELECT_BY_CLIENT_ID = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = ? AND client_msg_id = ?"
 
 
 def _configure_connection(connection: sqlite3.Connection) -> None:
@@ -147,29 +148,43 @@ def _message_row(message: StoredMessage) -> tuple[object, ...]:
 
 
 class SqliteMessageStore:
-    """:class:`~gochat.logic.interfaces.IMessageStore` on SQLite, written in batches."""
+    """:class:`~gochat.logic.interfaces.IMessageStore` on SQLite."""
 
-    def __init__(self, pool: adbapi.ConnectionPool, clock: IReactorTime, policy: BatchPolicy) -> None:
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
         self._pool = pool
-        self.writer: BatchWriter[StoredMessage] = BatchWriter(self._insert_batch, clock, policy)
 
-    def _insert_batch(self, messages: list[StoredMessage]) -> Deferred[None]:
-        rows = [_message_row(m) for m in messages]
+    def commit_batch(
+        self, requests: Sequence[PersistRequest], known_last_seq: Mapping[str, int]
+    ) -> Deferred[Assignment]:
+        batch = list(requests)
+        cached = dict(known_last_seq)
 
-        def insert(cursor: Any) -> None:
-            cursor.executemany(_INSERT_MESSAGE, rows)
+        def commit(cursor: Any) -> Assignment:
+            existing: dict[tuple[int, str], StoredMessage] = {}
+            for sender_id, client_msg_id in {(r.sender_id, r.client_msg_id) for r in batch}:
+                cursor.execute(_SELECT_BY_CLIENT_ID, (sender_id, client_msg_id))
+                row = cursor.fetchone()
+                if row is not None:
+                    existing[(sender_id, client_msg_id)] = StoredMessage(*row)
+            last: dict[str, int] = {}
+            for conv in {r.conv for r in batch}:
+                if conv in cached:
+                    last[conv] = cached[conv]
+                else:
+                    cursor.execute("SELECT MAX(seq) FROM messages WHERE conv = ?", (conv,))
+                    last[conv] = int(cursor.fetchone()[0] or 0)
+            assignment = assign_seqs(batch, existing, last)
+            try:
+                cursor.executemany(_INSERT_MESSAGE, [_message_row(m) for m in assignment.new])
+            except sqlite3.IntegrityError as e:
+                raise StaleSequenceError(str(e)) from e
+            return assignment
 
-        return _interact(self._pool, insert)
-
-    def append(self, message: StoredMessage) -> Deferred[None]:
-        return self.writer.add(message)
+        return _interact(self._pool, commit)
 
     def by_client_msg_id(self, sender_id: int, client_msg_id: str) -> Deferred[StoredMessage | None]:
         def select(cursor: Any) -> StoredMessage | None:
-            cursor.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = ? AND client_msg_id = ?",
-                (sender_id, client_msg_id),
-            )
+            cursor.execute(_SELECT_BY_CLIENT_ID, (sender_id, client_msg_id))
             row = cursor.fetchone()
             return None if row is None else StoredMessage(*row)
 
@@ -193,11 +208,10 @@ class SqliteMessageStore:
 
 
 class SqliteStoreService(Service):
-    """Owns the pool: migrates the schema at start, drains the batch writer and closes at stop."""
+    """Owns the pool: migrates the schema at start, closes the pool at stop."""
 
-    def __init__(self, pool: adbapi.ConnectionPool, messages: SqliteMessageStore) -> None:
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
         self._pool = pool
-        self._messages = messages
         self.ready: Deferred[int] = Deferred()
 
     def startService(self) -> None:
@@ -215,8 +229,6 @@ class SqliteStoreService(Service):
         _log.failure("SQLite schema migration failed", failure)
         self.ready.errback(failure)
 
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> None:
         super().stopService()
-        d = self._messages.writer.stop()
-        d.addBoth(lambda _: self._pool.close())
-        return d
+        self._pool.close()
