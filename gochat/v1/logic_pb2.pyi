@@ -137,3 +137,37 @@ class Delivery(_message.Message):
     session_ids: _containers.RepeatedScalarFieldContainer[str]
     message: Message
     def __init__(self, gateway_id: _Optional[str] = ..., session_ids: _Optional[_Iterable[str]] = ..., message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class PersistRequest(_message.Message):
+    __slots__ = ("msg_id", "conv", "sender_id", "sender", "client_msg_id", "body", "ts", "participants", "origin_gateway", "origin_session", "reply_to")
+    MSG_ID_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    SENDER_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_MSG_ID_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    PARTICIPANTS_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_SESSION_FIELD_NUMBER: _ClassVar[int]
+    REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    msg_id: int
+    conv: str
+    sender_id: int
+    sender: str
+    client_msg_id: str
+    body: str
+    ts: int
+    participants: _containers.RepeatedScalarFieldContainer[int]
+    origin_gateway: str
+    origin_session: str
+    reply_to: str
+    def __init__(self, msg_id: _Optional[int] = ..., conv: _Optional[str] = ..., sender_id: _Optional[int] = ..., sender: _Optional[str] = ..., client_msg_id: _Optional[str] = ..., body: _Optional[str] = ..., ts: _Optional[int] = ..., participants: _Optional[_Iterable[int]] = ..., origin_gateway: _Optional[str] = ..., origin_session: _Optional[str] = ..., reply_to: _Optional[str] = ...) -> None: ...
+
+class PersistReply(_message.Message):
+    __slots__ = ("request_msg_id", "message")
+    REQUEST_MSG_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    request_msg_id: int
+    message: Message
+    def __init__(self, request_msg_id: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
