@@ -182,7 +182,11 @@ class LogicOptionsTests(SynchronousTestCase):
                 "--data-dir",
                 "/srv/logic",
                 "--database",
-                "/srv/db.sqlite",
+                "sqlite:/srv/db.sqlite",
+                "--broker",
+                "amqp://u:p@mq:5673/chat",
+                "--persist-queue",
+                "q.persist",
                 "--token-secret-file",
                 "/srv/secret",
                 "--node-id",
@@ -199,7 +203,9 @@ class LogicOptionsTests(SynchronousTestCase):
         )
         self.assertEqual(config.grpc_listen, "127.0.0.1:0")
         self.assertEqual(config.data_dir, pathlib.Path("/srv/logic"))
-        self.assertEqual(config.database_path, pathlib.Path("/srv/db.sqlite"))
+        self.assertEqual(config.database, "sqlite:/srv/db.sqlite")
+        self.assertEqual(config.broker, "amqp://u:p@mq:5673/chat")
+        self.assertEqual(config.persist_queue, "q.persist")
         self.assertEqual(config.token_secret_path, pathlib.Path("/srv/secret"))
         self.assertEqual(config.node_id, 3)
         self.assertEqual(config.grpc_workers, 4)
@@ -209,7 +215,8 @@ class LogicOptionsTests(SynchronousTestCase):
     def test_defaults(self) -> None:
         config = self.parse([])
         self.assertEqual(config.grpc_listen, "127.0.0.1:9090")
-        self.assertEqual(config.database_path, pathlib.Path("gochat-data") / "gochat.sqlite")
+        self.assertEqual(config.database, "mysql://root@127.0.0.1:3306/gochat")
+        self.assertEqual(config.broker, "amqp://guest:guest@127.0.0.1:5672/")
         self.assertEqual(config.token_secret_path, pathlib.Path("gochat-data") / "token.key")
         self.assertEqual(config.node_id, 0)
 
@@ -277,7 +284,7 @@ class GatewayBuildTests(SynchronousTestCase):
         self.assertEqual(len(embedded), 1, "the embedded default runs the logic role in-process")
         self.assertFalse(any(isinstance(child, GrpcServerService) for child in embedded[0]))
         self.assertEqual(reactor.tcpServers, [])
-        self.assertFalse(config.embedded_logic.database_path.exists(), "the database is opened at start only")
+        self.assertFalse((data_dir / "gochat.sqlite").exists(), "the database is opened at start only")
         self.assertFalse(reactor.threadpool.started)
 
 
@@ -293,7 +300,7 @@ class LogicBuildTests(SynchronousTestCase):
         self.assertEqual(len(grpc_services), 1)
         self.assertIsNone(grpc_services[0].port, "the gRPC port is bound at start only")
         self.assertIn(top.store, list(top))
-        self.assertFalse(config.database_path.exists(), "the database is opened at start only")
+        self.assertFalse((data_dir / "gochat.sqlite").exists(), "the database is opened at start only")
         self.assertFalse(reactor.threadpool.started)
 
     def test_build_without_grpc_has_no_server(self) -> None:

@@ -9,7 +9,7 @@ from twisted.python import usage
 
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.chat import ChatSettings
-from gochat.logic.service import LogicConfig, build
+from gochat.logic.service import DEFAULT_BROKER, DEFAULT_DATABASE, LogicConfig, build
 
 
 class Options(usage.Options):
@@ -17,8 +17,21 @@ class Options(usage.Options):
 
     optParameters = [
         ["grpc-listen", None, "127.0.0.1:9090", "gRPC address to serve gateways on (host:port)."],
-        ["data-dir", None, "gochat-data", "Directory for the SQLite database and the token secret."],
-        ["database", None, "", "SQLite database file (default: DATA-DIR/gochat.sqlite)."],
+        ["data-dir", None, "gochat-data", "Directory for the token secret (and an SQLite database)."],
+        [
+            "database",
+            None,
+            DEFAULT_DATABASE,
+            "mysql://user:password@host:port/name, or sqlite:PATH "
+            "(empty: SQLite in DATA-DIR). Migrate MySQL first: python -m gochat.logic.migrate.",
+        ],
+        [
+            "broker",
+            None,
+            DEFAULT_BROKER,
+            "amqp://user:password@host:port/vhost of the durable persist queue, or 'none' to persist in-process.",
+        ],
+        ["persist-queue", None, "gochat.persist", "Name of the persist queue."],
         [
             "token-secret-file",
             None,
@@ -39,6 +52,8 @@ def config_from_options(options: Options) -> LogicConfig:
     return LogicConfig(
         data_dir=pathlib.Path(options["data-dir"]),
         database=options["database"],
+        broker=None if options["broker"] in ("", "none") else options["broker"],
+        persist_queue=options["persist-queue"],
         token_secret_file=options["token-secret-file"],
         grpc_listen=options["grpc-listen"],
         grpc_workers=options["grpc-workers"],
