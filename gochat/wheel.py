@@ -52,7 +52,10 @@ _EPSILON = 1e-9
 """Tolerance, in ticks, for float noise when converting seconds to ticks."""
 
 _INACTIVE = -1
-"""Slot index of a timer that is in no bucket (cancelled, expired or new)."""
+"""Slot index of a timer that is in no bucket (cancelled, expired or new).
+
+Hot paths test ``slot < 0``: any negative slot means inactive.
+"""
 
 _by_deadline = attrgetter("_deadline")
 _new_timer = object.__new__

@@ -1,0 +1,727 @@
+"""Benchmark: per-connection idle timeouts on a hashed wheel versus ``callLater``.
+
+Run from the repository root::
+
+    python bench/wheel.py                 # human-readable table
+    python bench/wheel.py --json          # one JSON object on stdout
+    python bench/wheel.py --connections 100000 1000000 --duration-ticks 180
+
+What is simulated
+-----------------
+Every connection owns one idle timeout of ``--timeout`` seconds that every
+incoming frame pushes back.  The clock starts at ``1e6`` seconds (a monotonic
+clock some days after boot, so deadlines are large integers as in production)
+and moves in rounds of ``--round-seconds``.  In each round:
+
+1. ``--frames`` x N frames arrive on connections drawn uniformly at random
+   (with replacement): one reset per frame;
+2. ``--closes`` x N distinct connections close: their timer is cancelled and
+   a new connection takes the id with a fresh timer;
+3. the clock advances one round and due timers fire; each idle connection
+   that timed out is replaced by a new connection with a fresh timer.
+
+Initial deadlines are spread uniformly over one timeout, as in a steady
+state.  Frames are random, so connections that happen to receive none for a
+whole timeout expire: with the defaults about 0.25% of the connections per
+round.  The op sequence is generated once per size from a seeded
+``random.Random`` and replayed identically on each implementation; times
+and delays are whole seconds, so both implementations must expire exactly
+the same connections in the same rounds, which the benchmark checks.
+
+Implementations compared
+------------------------
+``wheel``
+    :class:`gochat.wheel.HashedWheel` (``tick`` 1 s, 64 slots), driven with
+    ``schedule``/``reset``/``cancel``/``advance``.
+
+``reactor heap`` (the baseline for the headline ratio)
+    What ``reactor.callLater`` really does in the select, poll and epoll
+    reactors: ``twisted.internet.base.ReactorBase.callLater`` (a heap with
+    lazy cancellation and lazy push-back in ``DelayedCall.reset``), fired by
+    ``ReactorBase.runUntilCurrent``.  A minimal ``ReactorBase`` subclass is
+    instantiated (which does not install a global reactor) and its
+    ``seconds`` is replaced by a C-level callable reading the simulated
+    clock, so ``DelayedCall.reset`` pays no more for reading the time than
+    with ``time.time`` in production.  Expiry callbacks are one shared
+    bound method, the cheapest possible callable.  This is the fairest
+    baseline: it is exactly the code the production reactor runs.
+
+``task.Clock`` (reported separately, at small sizes only)
+    ``twisted.internet.task.Clock`` keeps its calls in a list that it
+    re-sorts on every ``callLater`` and after every fired call, and cancels
+    with ``list.remove``: each of those is O(n).  Setting up 100k calls
+    alone would take on the order of 10^10 key-function calls, so it is run
+    at ``--clock-connections`` (default 1k and 4k) with the same mix, to show
+    the per-operation growth rather than to be a baseline.
+
+CPU is ``time.process_time`` of the single-threaded replay, including the
+initial scheduling.  The garbage collector stays enabled, as in a server, but
+everything that existed before the run (the op sequence, the interpreter's
+objects) is frozen out of it with ``gc.freeze``, so collections cost what
+the timers themselves cost.  Per-operation figures time each phase of each
+round separately.  Both structures defer work: ``DelayedCall.reset`` and
+``HashedWheel.reset`` only record the new deadline, and the heap inserts new
+calls on the next ``runUntilCurrent``; that deferred work shows up under
+"advance", so the totals are the figures to compare.
+
+"visit" is the floor under any reset: the same loop over the same
+connection ids calling a Python function that only touches the connection's
+timer object.  It is the harness and the memory latency of reaching a random
+one of N objects, which grows with N (caches, TLB) whatever the structure;
+"reset above visit" is what the structure itself costs per reset, and is
+what should stay flat as N grows.  The harness adds some of that latency
+(the id-to-timer list) that a server, holding the timer on the protocol,
+would not.
+
+Memory is measured with ``tracemalloc``: the growth while N timers are
+created into a preallocated list, with payloads preallocated, divided by N.
+For the heap this includes the ``DelayedCall``, its ``__dict__``, its
+argument tuple and keyword dict, and its share of the heap list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import random
+import sys
+import time
+import tracemalloc
+from array import array
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from operator import getitem
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+_ROOT = Path(__file__).resolve().parent.parent
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from gochat.wheel import HashedWheel, WheelTimer  # noqa: E402
+
+if TYPE_CHECKING:
+    from twisted.internet.base import DelayedCall, ReactorBase
+
+START = 1_000_000.0
+TICK = 1.0
+SLOTS = 64
+
+GOAL_CPU_RATIO = 5.0
+GOAL_BYTES_PER_TIMER = 200.0
+GOAL_RESET_SCALING = 1.25
+
+
+@dataclass(frozen=True)
+class Mix:
+    """Parameters of the simulated heartbeat traffic."""
+
+    timeout: float
+    round_seconds: float
+    frames: float
+    closes: float
+    duration_ticks: int
+
+    @property
+    def rounds(self) -> int:
+        return max(1, round(self.duration_ticks * TICK / self.round_seconds))
+
+
+@dataclass
+class Round:
+    """The operations of one round: connection ids that reset, and that close.
+
+    Arrays rather than lists of ``int``: the garbage collector does not
+    traverse them, and iterating yields fresh (cache-hot) ints, so the
+    harness adds as little as possible to what is measured.
+    """
+
+    resets: array[int]
+    closes: array[int]
+
+
+@dataclass
+class Ops:
+    """A replayable op sequence for ``connections`` connections."""
+
+    connections: int
+    initial_delays: list[float]
+    rounds: list[Round]
+
+    @property
+    def n_resets(self) -> int:
+        return sum(len(r.resets) for r in self.rounds)
+
+    @property
+    def n_closes(self) -> int:
+        return sum(len(r.closes) for r in self.rounds)
+
+
+@dataclass
+class Run:
+    """Measurements of one replay."""
+
+    cpu_ns: int = 0
+    setup_ns: int = 0
+    reset_ns: int = 0
+    cancel_ns: int = 0
+    schedule_ns: int = 0
+    advance_ns: int = 0
+    visit_ns: int = 0
+    schedules: int = 0
+    expired: int = 0
+    expired_checksum: int = 0
+    per_round_expired: list[int] = field(default_factory=list)
+
+
+def generate_ops(connections: int, mix: Mix, seed: int) -> Ops:
+    """Draw the op sequence for one size; identical for every implementation."""
+    rng = random.Random(f"{seed}-{connections}")
+    ids = range(connections)
+    timeout_ticks = round(mix.timeout / TICK)
+    delay_values = [float(TICK * d) for d in range(1, timeout_ticks + 1)]
+    initial = [delay_values[rng.randrange(timeout_ticks)] for _ in ids]
+    n_frames = round(mix.frames * connections)
+    n_closes = round(mix.closes * connections)
+    rounds = []
+    for _ in range(mix.rounds):
+        raw = array("I", rng.randbytes(4 * n_frames))
+        resets = array("I", [x % connections for x in raw])
+        closes = array("I", rng.sample(ids, n_closes))
+        rounds.append(Round(resets, closes))
+    return Ops(connections, initial, rounds)
+
+
+def _visit(obj: object, delay: float, now: float = 0.0) -> object:
+    """Do what any reset must, and nothing else: a Python call touching ``obj``.
+
+    Timing this over the reset sequence gives the floor of a reset: loop,
+    call overhead and the cache misses of fetching a random connection's
+    object, all of which grow with the number of connections whatever the
+    timer structure.
+    """
+    return obj.__class__
+
+
+def run_wheel(ops: Ops, mix: Mix) -> Run:
+    """Replay ``ops`` on a :class:`HashedWheel`."""
+    ns = time.process_time_ns
+    run = Run()
+    fired: list[int] = []
+    on_expire = fired.append
+    timeout = mix.timeout
+    now = START
+    start = ns()
+    wheel: HashedWheel[int] = HashedWheel(TICK, SLOTS, now)
+    schedule = wheel.schedule
+    reset = wheel.reset
+    cancel = wheel.cancel
+    advance = wheel.advance
+    timers = [schedule(cid, delay, now) for cid, delay in enumerate(ops.initial_delays)]
+    run.setup_ns = ns() - start
+    for rnd in ops.rounds:
+        t0 = ns()
+        for cid in rnd.resets:
+            reset(timers[cid], timeout, now)
+        t1 = ns()
+        for cid in rnd.closes:
+            cancel(timers[cid])
+        t2 = ns()
+        for cid in rnd.closes:
+            timers[cid] = schedule(cid, timeout, now)
+        t3 = ns()
+        now += mix.round_seconds
+        for cid in advance(now):
+            on_expire(cid)
+        t4 = ns()
+        for cid in fired:
+            timers[cid] = schedule(cid, timeout, now)
+        t5 = ns()
+        run.reset_ns += t1 - t0
+        run.cancel_ns += t2 - t1
+        run.schedule_ns += t3 - t2 + t5 - t4
+        run.advance_ns += t4 - t3
+        run.schedules += len(rnd.closes) + len(fired)
+        run.per_round_expired.append(len(fired))
+        run.expired += len(fired)
+        run.expired_checksum += sum(fired)
+        fired.clear()
+    run.cpu_ns = ns() - start
+    t0 = ns()
+    for rnd in ops.rounds:
+        for cid in rnd.resets:
+            _visit(timers[cid], timeout, now)
+    run.visit_ns = ns() - t0
+    assert len(wheel) == ops.connections
+    return run
+
+
+def _heap_reactor(clock: list[float]) -> ReactorBase:
+    """A real ``ReactorBase`` that is never run nor installed, on a fake clock."""
+    from twisted.internet.base import ReactorBase
+
+    read_clock = partial(getitem, clock, 0)
+
+    class TimedCallsOnly(ReactorBase):
+        seconds = staticmethod(read_clock)  # type: ignore[assignment]
+
+        def installWaker(self) -> None:
+            """No waker: this reactor never sleeps on I/O."""
+
+    return TimedCallsOnly()
+
+
+def _replay_delayed_calls(
+    ops: Ops,
+    mix: Mix,
+    call_later: Callable[..., DelayedCall],
+    advance_to: Callable[[float], None],
+    start: int,
+    run: Run,
+    fired: list[int],
+) -> None:
+    """Replay ``ops`` with ``DelayedCall`` objects from ``call_later``."""
+    ns = time.process_time_ns
+    on_expire = fired.append
+    timeout = mix.timeout
+    now = START
+    calls = [call_later(delay, on_expire, cid) for cid, delay in enumerate(ops.initial_delays)]
+    advance_to(now)
+    run.setup_ns = ns() - start
+    for rnd in ops.rounds:
+        t0 = ns()
+        for cid in rnd.resets:
+            calls[cid].reset(timeout)
+        t1 = ns()
+        for cid in rnd.closes:
+            calls[cid].cancel()
+        t2 = ns()
+        for cid in rnd.closes:
+            calls[cid] = call_later(timeout, on_expire, cid)
+        t3 = ns()
+        now += mix.round_seconds
+        advance_to(now)
+        t4 = ns()
+        for cid in fired:
+            calls[cid] = call_later(timeout, on_expire, cid)
+        t5 = ns()
+        run.reset_ns += t1 - t0
+        run.cancel_ns += t2 - t1
+        run.schedule_ns += t3 - t2 + t5 - t4
+        run.advance_ns += t4 - t3
+        run.schedules += len(rnd.closes) + len(fired)
+        run.per_round_expired.append(len(fired))
+        run.expired += len(fired)
+        run.expired_checksum += sum(fired)
+        fired.clear()
+    run.cpu_ns = ns() - start
+    t0 = ns()
+    for rnd in ops.rounds:
+        for cid in rnd.resets:
+            _visit(calls[cid], timeout)
+    run.visit_ns = ns() - t0
+
+
+def run_reactor_heap(ops: Ops, mix: Mix) -> Run:
+    """Replay ``ops`` on ``ReactorBase.callLater`` / ``runUntilCurrent``."""
+    run = Run()
+    fired: list[int] = []
+    clock = [START]
+    start = time.process_time_ns()
+    reactor = _heap_reactor(clock)
+    run_until_current = reactor.runUntilCurrent
+
+    def advance_to(now: float) -> None:
+        clock[0] = now
+        run_until_current()
+
+    _replay_delayed_calls(ops, mix, reactor.callLater, advance_to, start, run, fired)
+    return run
+
+
+def run_task_clock(ops: Ops, mix: Mix) -> Run:
+    """Replay ``ops`` on ``twisted.internet.task.Clock``."""
+    from twisted.internet.task import Clock
+
+    run = Run()
+    fired: list[int] = []
+    start = time.process_time_ns()
+    clock = Clock()
+    clock.rightNow = START
+    call_later = cast("Callable[..., DelayedCall]", clock.callLater)
+
+    def advance_to(now: float) -> None:
+        clock.advance(now - clock.rightNow)
+
+    _replay_delayed_calls(ops, mix, call_later, advance_to, start, run, fired)
+    return run
+
+
+def bytes_per_wheel_timer(connections: int, mix: Mix) -> float:
+    """Traced memory per live wheel timer, its bucket share included."""
+    rng = random.Random(connections)
+    payloads = list(range(connections))
+    delays = [float(rng.randrange(1, round(mix.timeout) + 1)) for _ in payloads]
+    timers: list[WheelTimer[int] | None] = [None] * connections
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    wheel: HashedWheel[int] = HashedWheel(TICK, SLOTS, START)
+    for cid in payloads:
+        timers[cid] = wheel.schedule(cid, delays[cid], START)
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return (after - before) / connections
+
+
+def bytes_per_delayed_call(connections: int, mix: Mix) -> float:
+    """Traced memory per live ``ReactorBase.callLater`` call, heap share included."""
+    rng = random.Random(connections)
+    payloads = list(range(connections))
+    delays = [float(rng.randrange(1, round(mix.timeout) + 1)) for _ in payloads]
+    calls: list[DelayedCall | None] = [None] * connections
+    fired: list[int] = []
+    on_expire = fired.append
+    clock = [START]
+    reactor = _heap_reactor(clock)
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for cid in payloads:
+        calls[cid] = reactor.callLater(delays[cid], on_expire, cid)
+    reactor.runUntilCurrent()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert not fired
+    return (after - before) / connections
+
+
+def _per(total_ns: int, count: int) -> float | None:
+    return round(total_ns / count, 1) if count else None
+
+
+def summarise(run: Run, ops: Ops) -> dict[str, Any]:
+    resets = ops.n_resets
+    return {
+        "cpu_s": round(run.cpu_ns / 1e9, 3),
+        "setup_s": round(run.setup_ns / 1e9, 3),
+        "reset_s": round(run.reset_ns / 1e9, 3),
+        "cancel_s": round(run.cancel_ns / 1e9, 3),
+        "schedule_s": round(run.schedule_ns / 1e9, 3),
+        "advance_s": round(run.advance_ns / 1e9, 3),
+        "ns_per_reset": _per(run.reset_ns, resets),
+        "ns_per_cancel": _per(run.cancel_ns, ops.n_closes),
+        "ns_per_schedule": _per(run.schedule_ns, run.schedules),
+        "ns_per_initial_schedule": _per(run.setup_ns, ops.connections),
+        "ms_per_advance": round(run.advance_ns / len(ops.rounds) / 1e6, 3),
+        "ns_per_visit": _per(run.visit_ns, resets),
+        "ns_per_reset_above_visit": _per(run.reset_ns - run.visit_ns, resets),
+        "expired": run.expired,
+    }
+
+
+def measure(runner: Callable[[Ops, Mix], Run], ops: Ops, mix: Mix) -> Run:
+    """Run ``runner`` with every pre-existing object frozen out of the GC.
+
+    The op sequence and the interpreter's own objects would otherwise be
+    traversed by every full collection the run triggers; the timers and
+    calls created by the run are still collected as in a server.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        return runner(ops, mix)
+    finally:
+        gc.unfreeze()
+
+
+def best_of(repeat: int, runner: Callable[[Ops, Mix], Run], ops: Ops, mix: Mix) -> Run:
+    runs = [measure(runner, ops, mix) for _ in range(max(1, repeat))]
+    return min(runs, key=lambda r: r.cpu_ns)
+
+
+def check_same_expiries(name: str, run: Run, reference: Run) -> None:
+    if (run.per_round_expired, run.expired_checksum) != (
+        reference.per_round_expired,
+        reference.expired_checksum,
+    ):
+        raise SystemExit(f"{name} expired different connections than the wheel")
+
+
+def machine() -> dict[str, Any]:
+    import twisted
+
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "python": sys.version.split()[0],
+        "python_implementation": platform.python_implementation(),
+        "twisted": twisted.__version__,
+    }
+
+
+def log(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    mix = Mix(
+        timeout=args.timeout,
+        round_seconds=args.round_seconds,
+        frames=args.frames,
+        closes=args.closes,
+        duration_ticks=args.duration_ticks,
+    )
+    quiet = not args.progress
+    sizes = []
+    for n in args.connections:
+        log(quiet, f"[{n}] generating ops")
+        ops = generate_ops(n, mix, args.seed)
+        log(quiet, f"[{n}] wheel")
+        wheel = best_of(args.repeat, run_wheel, ops, mix)
+        log(quiet, f"[{n}] reactor heap")
+        heap = best_of(args.repeat, run_reactor_heap, ops, mix)
+        check_same_expiries("reactor heap", heap, wheel)
+        sizes.append(
+            {
+                "connections": n,
+                "rounds": len(ops.rounds),
+                "simulated_seconds": len(ops.rounds) * mix.round_seconds,
+                "ops": {
+                    "resets": ops.n_resets,
+                    "cancels": ops.n_closes,
+                    "schedules": ops.connections + wheel.schedules,
+                    "expired": wheel.expired,
+                    "resets_per_connection": round(ops.n_resets / n, 2),
+                },
+                "wheel": summarise(wheel, ops),
+                "reactor_heap": summarise(heap, ops),
+                "cpu_ratio_heap_over_wheel": round(heap.cpu_ns / wheel.cpu_ns, 2),
+                "cpu_ratio_heap_over_wheel_above_visit": round(
+                    (heap.cpu_ns - heap.visit_ns) / (wheel.cpu_ns - wheel.visit_ns), 2
+                ),
+                "same_expiries": True,
+            }
+        )
+        del ops, wheel, heap
+        gc.collect()
+
+    clock_sizes = []
+    for n in args.clock_connections:
+        log(quiet, f"[{n}] task.Clock")
+        ops = generate_ops(n, mix, args.seed)
+        wheel = best_of(args.repeat, run_wheel, ops, mix)
+        clock = best_of(args.repeat, run_task_clock, ops, mix)
+        check_same_expiries("task.Clock", clock, wheel)
+        clock_sizes.append(
+            {
+                "connections": n,
+                "rounds": len(ops.rounds),
+                "wheel": summarise(wheel, ops),
+                "task_clock": summarise(clock, ops),
+                "cpu_ratio_clock_over_wheel": round(clock.cpu_ns / wheel.cpu_ns, 1),
+            }
+        )
+
+    memory = []
+    for n in args.memory_connections:
+        log(quiet, f"[{n}] memory")
+        memory.append(
+            {
+                "connections": n,
+                "wheel_bytes_per_timer": round(bytes_per_wheel_timer(n, mix), 1),
+                "reactor_heap_bytes_per_call": round(bytes_per_delayed_call(n, mix), 1),
+            }
+        )
+        gc.collect()
+
+    assert "twisted.internet.reactor" not in sys.modules, "the global reactor was imported"
+    return {
+        "benchmark": "gochat.wheel.HashedWheel vs Twisted callLater, heartbeat mix",
+        "command": [sys.executable, *sys.argv],
+        "machine": machine(),
+        "parameters": {
+            "tick_s": TICK,
+            "slots": SLOTS,
+            "timeout_s": mix.timeout,
+            "round_s": mix.round_seconds,
+            "frames_per_connection_per_round": mix.frames,
+            "closes_per_connection_per_round": mix.closes,
+            "duration_ticks": mix.duration_ticks,
+            "rounds": mix.rounds,
+            "seed": args.seed,
+            "repeat": args.repeat,
+            "baseline": "ReactorBase.callLater heap (the select/poll/epoll reactors' own code)",
+        },
+        "notes": [
+            "Every size replays the same number of rounds and ops per connection; "
+            "no size is shortened (the heap baseline is fast enough at 1M).",
+            "task.Clock re-sorts its whole call list on callLater and after each fired call and "
+            "cancels with list.remove, O(n) each, so it is only run at --clock-connections sizes.",
+            "ns_per_visit is the floor under any reset (loop, call, reaching a random connection's "
+            "object); it grows with N through caches and TLB for both implementations. "
+            "*_above_visit figures subtract it.",
+            "ratios are CPU seconds of the reactor heap divided by those of the wheel.",
+        ],
+        "sizes": sizes,
+        "reset_scaling": reset_scaling(sizes),
+        "memory": memory,
+        "task_clock": clock_sizes,
+        "goals": goals(sizes, memory),
+    }
+
+
+def reset_scaling(sizes: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """ns per reset at the largest size over the smallest, per implementation."""
+    if len(sizes) < 2:
+        return {}
+    small, large = sizes[0], sizes[-1]
+    out: dict[str, Any] = {"from": small["connections"], "to": large["connections"]}
+    for impl in ("wheel", "reactor_heap"):
+        a, b = small[impl], large[impl]
+        out[impl] = {
+            "ns_per_reset": [a["ns_per_reset"], b["ns_per_reset"]],
+            "ratio": round(b["ns_per_reset"] / a["ns_per_reset"], 2),
+            "ns_per_visit": [a["ns_per_visit"], b["ns_per_visit"]],
+            "ns_per_reset_above_visit": [
+                a["ns_per_reset_above_visit"],
+                b["ns_per_reset_above_visit"],
+            ],
+            "ratio_above_visit": round(b["ns_per_reset_above_visit"] / a["ns_per_reset_above_visit"], 2),
+        }
+    return out
+
+
+def goals(sizes: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    cpu = min((s["cpu_ratio_heap_over_wheel"] for s in sizes), default=None)
+    mem = max((m["wheel_bytes_per_timer"] for m in memory), default=None)
+    scaling = reset_scaling(sizes)
+    ratio = scaling["wheel"]["ratio"] if scaling else None
+    above = scaling["wheel"]["ratio_above_visit"] if scaling else None
+    return {
+        "cpu_ratio_vs_reactor_heap": {
+            "goal": f">= {GOAL_CPU_RATIO}",
+            "worst": cpu,
+            "met": cpu is not None and cpu >= GOAL_CPU_RATIO,
+        },
+        "bytes_per_timer": {
+            "goal": f"<= {GOAL_BYTES_PER_TIMER}",
+            "worst": mem,
+            "met": mem is not None and mem <= GOAL_BYTES_PER_TIMER,
+        },
+        "reset_ns_scaling": {
+            "goal": f"<= {GOAL_RESET_SCALING}",
+            "ratio": ratio,
+            "met": ratio is not None and ratio <= GOAL_RESET_SCALING,
+        },
+        "reset_ns_above_visit_scaling": {
+            "goal": f"<= {GOAL_RESET_SCALING}",
+            "ratio": above,
+            "met": above is not None and above <= GOAL_RESET_SCALING,
+        },
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    p = result["parameters"]
+    print(
+        f"heartbeat mix: timeout {p['timeout_s']:g}s, rounds of {p['round_s']:g}s, "
+        f"{p['frames_per_connection_per_round']:g} frames and "
+        f"{p['closes_per_connection_per_round']:g} closes per connection per round, "
+        f"{p['rounds']} rounds; wheel tick {p['tick_s']:g}s x {p['slots']} slots"
+    )
+    print(f"baseline: {p['baseline']}")
+    header = (
+        f"{'connections':>11} {'impl':<13} {'cpu s':>7} {'reset':>7} {'sched':>7} "
+        f"{'cancel':>7} {'visit':>7} {'adv ms':>8} {'expired':>8}"
+    )
+    print()
+    print(header + "   (per-op figures in ns)")
+    for size in result["sizes"]:
+        for impl, label in (("wheel", "wheel"), ("reactor_heap", "reactor heap")):
+            s = size[impl]
+            print(
+                f"{size['connections']:>11} {label:<13} {s['cpu_s']:>7.2f} "
+                f"{s['ns_per_reset']:>7.0f} {s['ns_per_schedule']:>7.0f} "
+                f"{s['ns_per_cancel']:>7.0f} {s['ns_per_visit']:>7.0f} "
+                f"{s['ms_per_advance']:>8.2f} {s['expired']:>8}"
+            )
+        print(
+            f"{'':>11} heap / wheel CPU: {size['cpu_ratio_heap_over_wheel']:.2f}x "
+            f"({size['cpu_ratio_heap_over_wheel_above_visit']:.2f}x above the visit floor)"
+        )
+    scaling = result["reset_scaling"]
+    if scaling:
+        w = scaling["wheel"]
+        print(
+            f"\nwheel ns/reset {scaling['from']} -> {scaling['to']}: "
+            f"{w['ns_per_reset'][0]:.0f} -> {w['ns_per_reset'][1]:.0f} (x{w['ratio']}); "
+            f"above the visit floor: {w['ns_per_reset_above_visit'][0]:.0f} -> "
+            f"{w['ns_per_reset_above_visit'][1]:.0f} (x{w['ratio_above_visit']})"
+        )
+    if result["memory"]:
+        print()
+        for m in result["memory"]:
+            print(
+                f"memory at {m['connections']}: wheel {m['wheel_bytes_per_timer']:.0f} B/timer, "
+                f"reactor heap {m['reactor_heap_bytes_per_call']:.0f} B/call"
+            )
+    if result["task_clock"]:
+        print("\ntask.Clock (sorted list), small sizes only:")
+        for c in result["task_clock"]:
+            t = c["task_clock"]
+            print(
+                f"{c['connections']:>11} cpu {t['cpu_s']:.2f}s, ns/schedule "
+                f"{t['ns_per_schedule']:.0f}, ns/cancel {t['ns_per_cancel']:.0f}, "
+                f"clock / wheel CPU: {c['cpu_ratio_clock_over_wheel']}x"
+            )
+    print()
+    for name, g in result["goals"].items():
+        value = g.get("worst", g.get("ratio"))
+        print(f"goal {name}: {g['goal']}, got {value}: {'met' if g['met'] else 'NOT met'}")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0] if __doc__ else None)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--connections", type=int, nargs="+", default=[100_000, 1_000_000], metavar="N")
+    parser.add_argument(
+        "--duration-ticks",
+        type=int,
+        default=180,
+        help="simulated time in ticks (1 s each); rounds = duration / round seconds",
+    )
+    parser.add_argument("--timeout", type=float, default=60.0, help="idle timeout, seconds")
+    parser.add_argument("--round-seconds", type=float, default=5.0)
+    parser.add_argument("--frames", type=float, default=0.5, help="frames per connection per round")
+    parser.add_argument("--closes", type=float, default=0.002, help="closes per connection per round")
+    parser.add_argument("--memory-connections", type=int, nargs="*", default=[100_000, 1_000_000], metavar="N")
+    parser.add_argument("--clock-connections", type=int, nargs="*", default=[1_000, 4_000], metavar="N")
+    parser.add_argument("--repeat", type=int, default=2, help="keep the best of this many runs")
+    parser.add_argument("--seed", type=int, default=20240601)
+    parser.add_argument("--progress", action="store_true", help="log progress to stderr")
+    args = parser.parse_args(argv)
+    for name in ("timeout", "round_seconds"):
+        value = getattr(args, name)
+        if value <= 0 or value != round(value / TICK) * TICK:
+            parser.error(f"--{name.replace('_', '-')} must be a positive whole number of ticks")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    result = bench(args)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print_table(result)
+
+
+if __name__ == "__main__":
+    main()
