@@ -1,18 +1,21 @@
 """Packaging for gochat: a distributed instant-messaging server on Twisted."""
 
+import pathlib
+
 from setuptools import find_packages, setup
 
 setup(
     name="gochat",
     version="0.1.0",
     description="Distributed instant-messaging server on Twisted and Autobahn",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=pathlib.Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=find_packages(include=["gochat", "gochat.*"]) + ["twisted.plugins"],
+    packages=[*find_packages(include=["gochat", "gochat.*"]), "twisted.plugins"],
     package_data={
         "twisted": ["plugins/gochat_plugins.py"],
         "gochat": ["py.typed"],
+        "gochat.logic": ["amqp0-9-1.stripped.extended.xml"],
         "gochat.v1": ["*.pyi"],
     },
     # Versions tested together; grpcio must match the grpcio-tools that generated gochat/v1.
