@@ -35,7 +35,7 @@ C = TypeVar("C")
 
 @dataclass
 class Committed(Generic[C]):
-    """One request of a committed batch: what it became, whether it is new, and the submitter's context."""
+    """One request of a committed batch: what it became, whether to deliver it, and the submitter's context."""
 
     request: PersistRequest
     context: C | None
@@ -78,10 +78,12 @@ class PersistWorker(Generic[C]):
 
     def _committed(self, assignment: Assignment, items: list[Committed[C]]) -> None:
         self._last_seq.update(assignment.last_seq)
-        new_ids = {message.msg_id for message in assignment.new}
         for item, message in zip(items, assignment.results, strict=True):
             item.message = message
-            item.is_new = message.msg_id in new_ids and message.msg_id == item.request.msg_id
+            # The request's own message, stored now or by an earlier attempt of this same request (a broker
+            # redelivery after a crash, a commit whose answer was lost): deliver it (again) so a push is never
+            # lost; recipients drop a seq they already have. A retry under a new msg_id is not delivered again.
+            item.is_new = message.msg_id == item.request.msg_id
         self._on_committed(items)
 
     def _failed(self, failure: Failure) -> Failure:

@@ -1,0 +1,464 @@
+"""The production store: MySQL/MariaDB through ``twisted.enterprise.adbapi`` and pymysql.
+
+The same interfaces as :mod:`gochat.logic.sqlite_store`
+(:class:`~gochat.logic.interfaces.IAccountStore`,
+:class:`~gochat.logic.interfaces.IMessageStore`), over the schema of
+:mod:`gochat.logic.migrate`.
+
+Two ways in for messages, each one transaction and one ``executemany`` per batch:
+
+:meth:`MysqlMessageStore.commit_batch` (the interface; the persist worker's path)
+    Seqs are assigned inside the transaction: it reads which requests are
+    already stored (one ``(sender_id, client_msg_id) IN (...)`` query) and the
+    last seq of the conversations the caller has no cache for (one grouped
+    query), then inserts the new messages with a plain ``INSERT``. Writers are
+    optimistic: if another process stored a seq or the same request since,
+    a unique key refuses the insert, the transaction rolls back and the call
+    fails with :class:`~gochat.logic.interfaces.StaleSequenceError`; the
+    retry reads the fresh state. A retry after a commit whose outcome was
+    lost finds its requests stored and returns them, so nothing is stored
+    twice and every caller sees the seq that was stored.
+
+:meth:`MysqlMessageStore.append` / :meth:`MysqlMessageStore.insert_batch` (messages with seqs already set)
+    ``INSERT IGNORE``: a redelivered batch is a no-op for every row already
+    stored, whichever unique key (``msg_id``, ``(conv, seq)``,
+    ``(sender_id, client_msg_id)``) it hits. ``append`` goes through the shared
+    :class:`~gochat.logic.batch_writer.BatchWriter`.
+
+``IGNORE`` also turns data errors into warnings (a too-long value truncated,
+an unencodable one replaced), and a data error in a plain ``INSERT`` would
+fail its batch again at every retry; so every message is checked against the
+schema before it is queued or written (:func:`check_fits`) and refused with
+``bad_request``, never stored altered.
+
+Failures: connection errors are failures of the returned Deferreds. The
+batch writer retries a failed batch with backoff until it commits, so while
+the database is down writes wait (their acks with them) and resume when it is
+back. Reads are retried at once when the pool's connection turned out to be
+dead (killed, timed out, server restarted); a read that still cannot reach the
+database fails with ``unavailable``, which clients may retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pymysql
+from twisted.application.service import Service
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from gochat.errors import ErrorCode, GochatError
+from gochat.logic import migrate
+from gochat.logic.batch_writer import BatchPolicy, BatchWriter
+from gochat.logic.interfaces import Account, StaleSequenceError
+from gochat.logic.sequencing import Assignment, assign_seqs
+from gochat.model import PersistRequest, StoredMessage
+
+_log = Logger()
+T = TypeVar("T")
+
+#: MySQL's duplicate-key error.
+ER_DUP_ENTRY = 1062
+#: Client and server errors that mean "this connection is dead", not "this statement is wrong":
+#: server gone away, lost during query, lost (SSL), killed (MariaDB), disconnected for inactivity (MySQL 8).
+CONNECTION_LOST_CODES = frozenset({2006, 2013, 2055, 1927, 4031})
+
+# Column limits of migration 1, in characters (utf8mb4) or bytes.
+MAX_CONV_LENGTH = 128
+MAX_SENDER_LENGTH = 64
+MAX_CLIENT_MSG_ID_LENGTH = 255
+#: Bodies are MEDIUMTEXT (16 MiB - 1 bytes), but a row must also fit in one packet
+#: (``max_allowed_packet``, 16 MiB by default) after escaping, which may double it.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+_UNSIGNED_64 = 2**64
+_SIGNED_64 = 2**63
+
+_MESSAGE_COLUMNS = "msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts"
+_VALUES = "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+#: For messages with their seq already set: a row already stored under any unique key is skipped.
+_INSERT_MESSAGES = f"INSERT IGNORE INTO messages ({_MESSAGE_COLUMNS}) {_VALUES}"
+#: For messages just given a seq: any unique key already taken fails the batch (a stale seq cache).
+_INSERT_NEW_MESSAGES = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) {_VALUES}"
+
+
+@dataclass(frozen=True)
+class MysqlSettings:
+    """Where the database is and how the pool talks to it.
+
+    ``pool_min``/``pool_max`` bound the pool's threads, one connection each.
+    The batch writer holds at most one of them at a time (it writes one
+    batch after another), so reads always have ``pool_max - 1``; and the
+    pool's queue is first in, first out, so a burst of reads delays the next
+    batch only by the reads queued before it, never indefinitely.
+    Timeouts are in seconds; a read or write timeout turns a stalled server
+    into a failure (and a retry) instead of a thread blocked forever.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "root"
+    password: str = field(default="", repr=False)
+    database: str = "gochat"
+    pool_min: int = 2
+    pool_max: int = 8
+    connect_timeout: float = 5.0
+    read_timeout: float = 30.0
+    write_timeout: float = 30.0
+
+
+def connection_arguments(settings: MysqlSettings) -> dict[str, Any]:
+    """The keyword arguments of ``pymysql.connect`` for *settings* (utf8mb4, transactions on)."""
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "user": settings.user,
+        "password": settings.password,
+        "database": settings.database,
+        "charset": "utf8mb4",
+        "autocommit": False,
+        "connect_timeout": settings.connect_timeout,
+        "read_timeout": settings.read_timeout,
+        "write_timeout": settings.write_timeout,
+    }
+
+
+def _configure_session(connection: Any) -> None:
+    """Strict SQL mode whatever the server's default: refuse bad data instead of altering it."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET SESSION sql_mode = 'STRICT_ALL_TABLES,ERROR_FOR_DIVISION_BY_ZERO,NO_ENGINE_SUBSTITUTION'")
+
+
+def connect_pool(settings: MysqlSettings, reactor: IReactorThreads) -> adbapi.ConnectionPool:
+    """An adbapi pool of pymysql connections to *settings*' database.
+
+    Connections are opened lazily, one per pool thread, and replaced after
+    they fail (``cp_reconnect``). The pool's threads start when *reactor*
+    runs and stop at its shutdown or at ``close()``.
+    """
+    return adbapi.ConnectionPool(
+        "pymysql",
+        cp_min=settings.pool_min,
+        cp_max=settings.pool_max,
+        cp_reconnect=True,
+        cp_openfun=_configure_session,
+        cp_name=f"gochat-mysql-{settings.database}",
+        cp_reactor=reactor,
+        **connection_arguments(settings),
+    )
+
+
+def is_connection_lost(failure: Failure) -> bool:
+    """Whether *failure* says the connection died (so the same work may be retried on another)."""
+    error = failure.value
+    if isinstance(error, adbapi.ConnectionLost | pymysql.err.InterfaceError):
+        return True
+    return (
+        isinstance(error, pymysql.err.OperationalError) and bool(error.args) and error.args[0] in CONNECTION_LOST_CODES
+    )
+
+
+def _interact(pool: adbapi.ConnectionPool, work: Callable[[Any], T]) -> Deferred[T]:
+    """``runInteraction`` with its result type kept (adbapi is unannotated)."""
+    d: Deferred[T] = pool.runInteraction(work)
+    return d
+
+
+def _unavailable(failure: Failure, what: str) -> Failure:
+    """Database errors a client can do nothing about but retry become ``unavailable``; others pass."""
+    if failure.check(pymysql.err.OperationalError, pymysql.err.InterfaceError, adbapi.ConnectionLost):
+        _log.warn("MySQL unavailable for {what}: {error}", what=what, error=failure.getErrorMessage())
+        return Failure(GochatError(ErrorCode.UNAVAILABLE, "the database is unavailable; retry"))
+    return failure
+
+
+def _read(pool: adbapi.ConnectionPool, work: Callable[[Any], T], what: str) -> Deferred[T]:
+    """Run the read-only *work*; retried while the connections it lands on turn out dead.
+
+    Each failed attempt drops its dead connection, so at most one attempt per
+    pool thread fails before a fresh connection is used.
+    """
+    result: Deferred[T] = Deferred()
+
+    def attempt(attempts_left: int) -> None:
+        def failed(failure: Failure) -> None:
+            if attempts_left > 0 and is_connection_lost(failure):
+                attempt(attempts_left - 1)
+            else:
+                result.errback(_unavailable(failure, what))
+
+        _interact(pool, work).addCallbacks(result.callback, failed)
+
+    attempt(int(pool.max))
+    return result
+
+
+class MysqlAccountStore:
+    """:class:`~gochat.logic.interfaces.IAccountStore` on MySQL/MariaDB."""
+
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+        self._pool = pool
+
+    def create(self, username: str, password_hash: str, created_at: float) -> Deferred[int]:
+        """Store a new account; ``username_taken`` if the name exists. Not retried: a retry after a
+        commit whose outcome was lost would report the caller's own new account as taken."""
+
+        def insert(cursor: Any) -> int:
+            try:
+                cursor.execute(
+                    "INSERT INTO users (username, password_hash, created_at) VALUES (%s, %s, %s)",
+                    (username, password_hash, created_at),
+                )
+            except pymysql.err.IntegrityError as error:
+                if error.args and error.args[0] == ER_DUP_ENTRY:
+                    raise GochatError(ErrorCode.USERNAME_TAKEN, f"{username!r} is taken") from None
+                raise
+            return int(cursor.lastrowid)
+
+        return _interact(self._pool, insert).addErrback(_unavailable, "create account")
+
+    def _one(self, where: str, value: object) -> Deferred[Account | None]:
+        def select(cursor: Any) -> Account | None:
+            cursor.execute(f"SELECT user_id, username, password_hash FROM users WHERE {where} = %s", (value,))
+            row = cursor.fetchone()
+            return None if row is None else Account(int(row[0]), row[1], row[2])
+
+        return _read(self._pool, select, "account lookup")
+
+    def by_name(self, username: str) -> Deferred[Account | None]:
+        return self._one("username", username)
+
+    def by_id(self, user_id: int) -> Deferred[Account | None]:
+        return self._one("user_id", user_id)
+
+
+def check_fits(message: StoredMessage | PersistRequest) -> None:
+    """Raise ``bad_request`` unless *message* can be stored exactly as it is.
+
+    Strings must be valid UTF-8 (no lone surrogates) and within their
+    columns; numbers within their column types.
+    """
+    seq = message.seq if isinstance(message, StoredMessage) else 0
+    problems: list[str] = []
+    for name, value, limit in (
+        ("conv", message.conv, MAX_CONV_LENGTH),
+        ("sender", message.sender, MAX_SENDER_LENGTH),
+        ("client_msg_id", message.client_msg_id, MAX_CLIENT_MSG_ID_LENGTH),
+    ):
+        if len(value) > limit:
+            problems.append(f"{name} is longer than {limit} characters")
+    for name, text in (("conv", message.conv), ("sender", message.sender), ("client_msg_id", message.client_msg_id)):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            problems.append(f"{name} is not valid Unicode text")
+    try:
+        body_bytes = len(message.body.encode("utf-8"))
+    except UnicodeEncodeError:
+        problems.append("body is not valid Unicode text")
+    else:
+        if body_bytes > MAX_BODY_BYTES:
+            problems.append(f"body is longer than {MAX_BODY_BYTES} bytes")
+    for name, number in (("msg_id", message.msg_id), ("seq", seq), ("sender_id", message.sender_id)):
+        if not 0 <= number < _UNSIGNED_64:
+            problems.append(f"{name} is outside 0..2**64-1")
+    if not -_SIGNED_64 <= message.ts < _SIGNED_64:
+        problems.append("ts is outside the signed 64-bit range")
+    if problems:
+        raise GochatError(ErrorCode.BAD_REQUEST, f"message {message.msg_id} cannot be stored: {'; '.join(problems)}")
+
+
+def _message_row(message: StoredMessage) -> tuple[object, ...]:
+    return (
+        message.msg_id,
+        message.conv,
+        message.seq,
+        message.sender_id,
+        message.sender,
+        message.client_msg_id,
+        message.body,
+        message.ts,
+    )
+
+
+def _stored_message(row: tuple[Any, ...]) -> StoredMessage:
+    msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts = row
+    return StoredMessage(int(msg_id), conv, int(seq), int(sender_id), sender, client_msg_id, body, int(ts))
+
+
+def _stored_by_client_id(cursor: Any, keys: set[tuple[int, str]]) -> dict[tuple[int, str], StoredMessage]:
+    """The stored messages among *keys* (``(sender_id, client_msg_id)``), in one indexed query."""
+    if not keys:
+        return {}
+    placeholders = ", ".join(["(%s, %s)"] * len(keys))
+    cursor.execute(
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE (sender_id, client_msg_id) IN ({placeholders})",
+        [part for key in keys for part in key],
+    )
+    found = (_stored_message(row) for row in cursor.fetchall())
+    return {(m.sender_id, m.client_msg_id): m for m in found}
+
+
+def _last_seqs(cursor: Any, convs: set[str]) -> dict[str, int]:
+    """The highest stored seq of each of *convs* (0 for none), in one indexed query."""
+    if not convs:
+        return {}
+    placeholders = ", ".join(["%s"] * len(convs))
+    cursor.execute(f"SELECT conv, MAX(seq) FROM messages WHERE conv IN ({placeholders}) GROUP BY conv", list(convs))
+    last = dict.fromkeys(convs, 0)
+    last.update({conv: int(seq) for conv, seq in cursor.fetchall()})
+    return last
+
+
+class MysqlMessageStore:
+    """:class:`~gochat.logic.interfaces.IMessageStore` on MySQL/MariaDB, written in batches."""
+
+    def __init__(self, pool: adbapi.ConnectionPool, clock: IReactorTime, policy: BatchPolicy) -> None:
+        self._pool = pool
+        self.writer: BatchWriter[StoredMessage] = BatchWriter(self._write, clock, policy)
+
+    def _write(self, messages: list[StoredMessage]) -> Deferred[None]:
+        rows = [_message_row(m) for m in messages]
+
+        def insert(cursor: Any) -> None:
+            cursor.executemany(_INSERT_MESSAGES, rows)
+
+        return _interact(self._pool, insert)
+
+    def commit_batch(
+        self, requests: Sequence[PersistRequest], known_last_seq: Mapping[str, int]
+    ) -> Deferred[Assignment]:
+        """Store *requests* in one transaction with seqs from :func:`~gochat.logic.sequencing.assign_seqs`.
+
+        Requests already stored (same sender and client message id) come
+        back as the stored message and are not stored again. Conversations
+        missing from *known_last_seq* are read inside the transaction. If the
+        cache was stale, or another writer stored one of these requests
+        meanwhile, nothing is stored and the Deferred fails with
+        :class:`~gochat.logic.interfaces.StaleSequenceError`. Raises
+        ``bad_request`` before anything is written if a request does not fit.
+        """
+        batch = list(requests)
+        for request in batch:
+            check_fits(request)
+        cached = dict(known_last_seq)
+
+        def commit(cursor: Any) -> Assignment:
+            existing = _stored_by_client_id(cursor, {(r.sender_id, r.client_msg_id) for r in batch})
+            convs = {r.conv for r in batch}
+            last = {conv: cached[conv] for conv in convs if conv in cached}
+            last.update(_last_seqs(cursor, convs - last.keys()))
+            assignment = assign_seqs(batch, existing, last)
+            if assignment.new:
+                try:
+                    cursor.executemany(_INSERT_NEW_MESSAGES, [_message_row(m) for m in assignment.new])
+                except pymysql.err.IntegrityError as error:
+                    if error.args and error.args[0] == ER_DUP_ENTRY:
+                        raise StaleSequenceError(str(error.args[-1])) from error
+                    raise
+            return assignment
+
+        return _interact(self._pool, commit)
+
+    def append(self, message: StoredMessage) -> Deferred[None]:
+        """Queue *message* for the next batch; fires once that batch is committed.
+
+        Raises ``bad_request`` (:func:`check_fits`), or the writer's
+        ``unavailable``/``shutting_down``, before anything is queued.
+        """
+        check_fits(message)
+        return self.writer.add(message)
+
+    def insert_batch(self, messages: list[StoredMessage]) -> Deferred[None]:
+        """Store *messages* in one transaction (one ``executemany``), skipping any already stored.
+
+        For a caller that has given the seqs and batches itself (a replay,
+        an import, the benchmark): fires once committed; fails as the
+        database does, without retrying. Raises ``bad_request`` before
+        writing anything if any message does not fit.
+        """
+        for message in messages:
+            check_fits(message)
+        if not messages:
+            return succeed(None)
+        return self._write(messages)
+
+    def by_client_msg_id(self, sender_id: int, client_msg_id: str) -> Deferred[StoredMessage | None]:
+        def select(cursor: Any) -> StoredMessage | None:
+            cursor.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = %s AND client_msg_id = %s",
+                (sender_id, client_msg_id),
+            )
+            row = cursor.fetchone()
+            return None if row is None else _stored_message(row)
+
+        return _read(self._pool, select, "message lookup")
+
+    def last_seq(self, conv: str) -> Deferred[int]:
+        def select(cursor: Any) -> int:
+            cursor.execute("SELECT MAX(seq) FROM messages WHERE conv = %s", (conv,))
+            return int(cursor.fetchone()[0] or 0)
+
+        return _read(self._pool, select, "last seq")
+
+    def messages_in(self, conv: str, after_seq: int = 0, limit: int = 100) -> Deferred[list[StoredMessage]]:
+        """Up to *limit* messages of *conv* with seq greater than *after_seq*, in seq order."""
+        if limit < 1:
+            raise ValueError(f"limit must be positive, not {limit}")
+
+        def select(cursor: Any) -> list[StoredMessage]:
+            cursor.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = %s AND seq > %s ORDER BY seq LIMIT %s",
+                (conv, after_seq, limit),
+            )
+            return [_stored_message(row) for row in cursor.fetchall()]
+
+        return _read(self._pool, select, "conversation read")
+
+    def count(self) -> Deferred[int]:
+        """How many messages are stored (for operators and tests)."""
+
+        def select(cursor: Any) -> int:
+            cursor.execute("SELECT COUNT(*) FROM messages")
+            return int(cursor.fetchone()[0])
+
+        return _read(self._pool, select, "message count")
+
+
+class MysqlStoreService(Service):
+    """Owns the pool: checks the schema version at start, drains the batch writer and closes at stop.
+
+    It never migrates (that is ``python -m gochat.logic.migrate``, an
+    explicit deployment step). ``ready`` fires with the schema version, or
+    fails with :class:`~gochat.logic.migrate.SchemaVersionError` (or the
+    connection error) if the database is not usable.
+    """
+
+    def __init__(self, pool: adbapi.ConnectionPool, messages: MysqlMessageStore) -> None:
+        self._pool = pool
+        self._messages = messages
+        self.ready: Deferred[int] = Deferred()
+
+    def startService(self) -> None:
+        super().startService()
+        d = _interact(self._pool, migrate.check)
+        d.addCallbacks(self._checked, self._check_failed)
+
+    def _checked(self, version: int) -> None:
+        _log.info("MySQL store ready at schema version {version}", version=version)
+        self.ready.callback(version)
+
+    def _check_failed(self, failure: Failure) -> None:
+        _log.failure("MySQL store is not usable", failure)
+        self.ready.errback(failure)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        d = self._messages.writer.stop()
+        d.addBoth(lambda _: self._pool.close())
+        return d

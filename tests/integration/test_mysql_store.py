@@ -1,0 +1,663 @@
+"""The production store on a real MariaDB: schema versions, seqs assigned in the transaction, idempotent
+batched inserts, and surviving killed connections and outages.
+
+Needs MariaDB (``GOCHAT_MYSQL_HOST``/``GOCHAT_MYSQL_PORT``, default
+127.0.0.1:3306, user root, empty password): skipped with the reason when it is
+unreachable, failed instead when ``GOCHAT_REQUIRE_SERVICES=1``. Every test
+works in a database of its own, ``gochat_test_<uuid>``, dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pymysql
+from twisted.enterprise import adbapi
+from twisted.internet.defer import Deferred, gatherResults
+from twisted.protocols import portforward
+from twisted.trial.unittest import TestCase
+
+from gochat.errors import ErrorCode, GochatError
+from gochat.logic import migrate
+from gochat.logic.batch_writer import BatchPolicy, BatchWriter
+from gochat.logic.interfaces import StaleSequenceError
+from gochat.logic.mysql_store import (
+    MAX_BODY_BYTES,
+    MysqlAccountStore,
+    MysqlMessageStore,
+    MysqlSettings,
+    MysqlStoreService,
+    connect_pool,
+)
+from gochat.logic.persist import Committed, PersistWorker
+from gochat.model import PersistRequest, StoredMessage
+from tests.integration.services import require_service
+
+MYSQL_HOST = os.environ.get("GOCHAT_MYSQL_HOST", "127.0.0.1")
+MYSQL_PORT = int(os.environ.get("GOCHAT_MYSQL_PORT", "3306"))
+MYSQL_USER = "root"
+MYSQL_PASSWORD = ""
+
+#: What a dead pool connection, or a batch that lost a race, logs when the writer retries it.
+RETRIED_ERRORS = (pymysql.err.OperationalError, pymysql.err.InterfaceError, adbapi.ConnectionLost, StaleSequenceError)
+
+
+def admin_connection(database: str | None = None) -> Any:
+    return pymysql.connect(
+        host=MYSQL_HOST,
+        port=MYSQL_PORT,
+        user=MYSQL_USER,
+        password=MYSQL_PASSWORD,
+        database=database,
+        charset="utf8mb4",
+        autocommit=True,
+    )
+
+
+def message(
+    seq: int, cmid: str | None = None, msg_id: int | None = None, conv: str = "d:1:2", body: str = ""
+) -> StoredMessage:
+    """A message with its seq already set (the ``append``/``insert_batch`` path)."""
+    return StoredMessage(
+        msg_id=msg_id if msg_id is not None else 1000 + seq,
+        conv=conv,
+        seq=seq,
+        sender_id=1,
+        sender="alice",
+        client_msg_id=cmid or f"m{seq}",
+        body=body or f"body {seq} \N{GRINNING FACE}",
+        ts=1_700_000_000_000 + seq,
+    )
+
+
+def request(n: int, cmid: str | None = None, conv: str = "d:1:2", body: str = "", sender_id: int = 1) -> PersistRequest:
+    """A request before it has a seq (the ``commit_batch`` path); msg_id ``1000 + n``."""
+    return PersistRequest(
+        msg_id=1000 + n,
+        conv=conv,
+        sender_id=sender_id,
+        sender="alice",
+        client_msg_id=cmid or f"m{n}",
+        body=body or f"body {n} \N{GRINNING FACE}",
+        ts=1_700_000_000_000 + n,
+        participants=(1, 2),
+        origin_gateway="gw",
+        origin_session="s",
+    )
+
+
+def stored(req: PersistRequest, seq: int) -> StoredMessage:
+    """What *req* becomes once stored at *seq*."""
+    return StoredMessage(req.msg_id, req.conv, seq, req.sender_id, req.sender, req.client_msg_id, req.body, req.ts)
+
+
+class GatedProxyServer(portforward.ProxyServer):
+    """One proxied connection; refused (accepted and aborted at once) while the gate is down."""
+
+    factory: GatedProxyFactory
+
+    def connectionMade(self) -> None:
+        gate = self.factory
+        if not gate.up:
+            self.transport.abortConnection()
+            gate.refused += 1
+            if gate.on_refused is not None:
+                gate.on_refused()
+            return
+        gate.live.add(self)
+        super().connectionMade()
+
+    def connectionLost(self, reason: Any) -> None:
+        self.factory.live.discard(self)
+        super().connectionLost(reason)
+
+
+class GatedProxyFactory(portforward.ProxyFactory):
+    """A TCP proxy to MariaDB standing in for the network path: it can go down and come back."""
+
+    protocol = GatedProxyServer
+    noisy = False
+
+    def __init__(self, host: str, port: int, reactor: Any) -> None:
+        super().__init__(host, port)
+        self.reactor = reactor
+        self.up = True
+        self.live: set[GatedProxyServer] = set()
+        self.refused = 0
+        self.on_refused: Callable[[], None] | None = None
+        self.went_down: Deferred[None] = Deferred()
+
+    def buildProtocol(self, addr: Any) -> GatedProxyServer:
+        server = GatedProxyServer()
+        server.factory = self
+        server.reactor = self.reactor
+        return server
+
+    def cut(self) -> None:
+        """The outage: every open connection dies, new ones are refused."""
+        self.up = False
+        for server in list(self.live):
+            server.transport.abortConnection()
+        if not self.went_down.called:
+            self.went_down.callback(None)
+
+    def restore(self) -> None:
+        self.up = True
+
+
+class MysqlStoreTests(TestCase):
+    timeout = 60
+
+    def setUp(self) -> None:
+        require_service("MariaDB", MYSQL_HOST, MYSQL_PORT)
+        self.database = f"gochat_test_{uuid.uuid4().hex}"
+        self.admin = admin_connection()
+        self.addCleanup(self.admin.close)
+        self.admin.cursor().execute(f"CREATE DATABASE `{self.database}` CHARACTER SET utf8mb4")
+        self.addCleanup(self.admin.cursor().execute, f"DROP DATABASE IF EXISTS `{self.database}`")
+
+    def migrate_database(self) -> int:
+        connection = admin_connection(self.database)
+        try:
+            return migrate.apply(connection.cursor())
+        finally:
+            connection.close()
+
+    def query(self, sql: str, *args: object) -> list[tuple[Any, ...]]:
+        """A statement on the test database through a connection of its own, outside the pool."""
+        connection = admin_connection(self.database)
+        try:
+            cursor = connection.cursor()
+            cursor.execute(sql, args or None)
+            return list(cursor.fetchall())
+        finally:
+            connection.close()
+
+    async def start(self, policy: BatchPolicy | None = None, port: int = MYSQL_PORT) -> None:
+        """Migrate the test database, then start the store service and a persist worker on a pool through *port*."""
+        from twisted.internet import reactor
+
+        self.migrate_database()
+        policy = policy or BatchPolicy(max_batch=50, max_delay=0.002)
+        self.pool = connect_pool(MysqlSettings(host=MYSQL_HOST, port=port, database=self.database), reactor)
+        self.accounts = MysqlAccountStore(self.pool)
+        self.messages = MysqlMessageStore(self.pool, reactor, policy)
+        self.committed: list[Committed[None]] = []
+        self.worker: PersistWorker[None] = PersistWorker(self.messages, reactor, policy, self.committed.extend)
+        self.service = MysqlStoreService(self.pool, self.messages)
+        self.service.startService()
+        self.addCleanup(self.stop)
+        self.assertEqual(await self.service.ready, migrate.SCHEMA_VERSION)
+
+    async def stop(self) -> None:
+        if self.service.running:
+            await self.worker.stop()
+            await self.service.stopService()
+
+    def kill_pool_connections(self) -> int:
+        """``KILL`` every connection open on the test database (the pools'); how many there were."""
+        cursor = self.admin.cursor()
+        cursor.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()", (self.database,)
+        )
+        ids = [row[0] for row in cursor.fetchall()]
+        for connection_id in ids:
+            with contextlib.suppress(pymysql.err.OperationalError):  # it may have ended meanwhile
+                cursor.execute(f"KILL {int(connection_id)}")
+        return len(ids)
+
+    # Schema.
+
+    def test_migrate_creates_versioned_schema(self) -> None:
+        """apply() creates InnoDB no-pad binary utf8mb4 tables once; a second apply and check() change nothing."""
+        self.assertEqual(self.migrate_database(), migrate.SCHEMA_VERSION)
+        self.assertEqual(self.migrate_database(), migrate.SCHEMA_VERSION)
+        self.assertEqual(self.query("SELECT version FROM schema_version"), [(migrate.SCHEMA_VERSION,)])
+        tables = self.query(
+            "SELECT TABLE_NAME, ENGINE, TABLE_COLLATION FROM information_schema.TABLES "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('users', 'messages') ORDER BY TABLE_NAME"
+        )
+        self.assertEqual([(name, engine) for name, engine, _ in tables], [("messages", "InnoDB"), ("users", "InnoDB")])
+        for _name, _engine, collation in tables:
+            self.assertIn(collation, migrate.NO_PAD_BINARY_COLLATIONS)
+        body_type = self.query(
+            "SELECT DATA_TYPE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'messages' AND COLUMN_NAME = 'body'"
+        )
+        self.assertEqual(body_type, [("mediumtext",)])
+        connection = admin_connection(self.database)
+        self.addCleanup(connection.close)
+        self.assertEqual(migrate.check(connection.cursor()), migrate.SCHEMA_VERSION)
+
+    def test_check_refuses_schema_behind(self) -> None:
+        """An empty database, or one whose last migration is missing, is behind: check() raises."""
+        connection = admin_connection(self.database)
+        self.addCleanup(connection.close)
+        with self.assertRaises(migrate.SchemaVersionError) as caught:
+            migrate.check(connection.cursor())
+        self.assertEqual((caught.exception.found, caught.exception.expected), (0, migrate.SCHEMA_VERSION))
+        self.assertIn("behind", str(caught.exception))
+        self.migrate_database()
+        self.query("DELETE FROM schema_version WHERE version = %s", migrate.SCHEMA_VERSION)
+        with self.assertRaises(migrate.SchemaVersionError) as caught:
+            migrate.check(connection.cursor())
+        self.assertEqual(caught.exception.found, migrate.SCHEMA_VERSION - 1)
+
+    def test_check_and_apply_refuse_schema_ahead(self) -> None:
+        """A database migrated by a newer gochat is refused by check() and by apply(), which leaves it alone."""
+        self.migrate_database()
+        self.query("INSERT INTO schema_version (version, description) VALUES (%s, 'from the future')", 999)
+        connection = admin_connection(self.database)
+        self.addCleanup(connection.close)
+        with self.assertRaises(migrate.SchemaVersionError) as caught:
+            migrate.check(connection.cursor())
+        self.assertIn("ahead", str(caught.exception))
+        with self.assertRaises(migrate.SchemaVersionError):
+            migrate.apply(connection.cursor())
+        self.assertEqual(self.query("SELECT MAX(version) FROM schema_version"), [(999,)])
+
+    async def test_service_refuses_unmigrated_database(self) -> None:
+        """The service only checks: on a database that was never migrated, ready fails and nothing is created."""
+        from twisted.internet import reactor
+
+        pool = connect_pool(MysqlSettings(host=MYSQL_HOST, port=MYSQL_PORT, database=self.database), reactor)
+        service = MysqlStoreService(pool, MysqlMessageStore(pool, reactor, BatchPolicy()))
+        service.startService()
+        with self.assertRaises(migrate.SchemaVersionError):
+            await service.ready
+        await service.stopService()
+        self.flushLoggedErrors(migrate.SchemaVersionError)
+        self.assertEqual(self.query("SHOW TABLES"), [])
+
+    def test_migrate_command(self) -> None:
+        """The command creates the database, migrates it, says the version; --check exits 1 until then."""
+        name = f"gochat_test_{uuid.uuid4().hex}"
+        self.addCleanup(self.admin.cursor().execute, f"DROP DATABASE IF EXISTS `{name}`")
+        arguments = ["--host", MYSQL_HOST, "--port", str(MYSQL_PORT), "--user", MYSQL_USER, "--database", name]
+
+        def run(*extra: str) -> tuple[int, str, str]:
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                status = migrate.main([*arguments, "--password", MYSQL_PASSWORD, *extra])
+            return status, out.getvalue(), err.getvalue()
+
+        status, _, err = run("--check")
+        self.assertEqual(status, 1)
+        self.assertIn("Unknown database", err)
+        self.assertEqual(run(), (0, f"{name}: schema version {migrate.SCHEMA_VERSION}\n", ""))
+        self.assertEqual(run(), (0, f"{name}: schema version {migrate.SCHEMA_VERSION}\n", ""))
+        self.assertEqual(run("--check"), (0, f"{name}: schema version {migrate.SCHEMA_VERSION}\n", ""))
+        cursor = self.admin.cursor()
+        cursor.execute("SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
+        self.assertIn(cursor.fetchone()[0], migrate.NO_PAD_BINARY_COLLATIONS)
+
+    # Accounts.
+
+    async def test_accounts(self) -> None:
+        """Accounts get increasing ids; a taken name is username_taken."""
+        await self.start()
+        first = await self.accounts.create("alice", "hash-a", 1.0)
+        second = await self.accounts.create("bob", "hash-b", 2.0)
+        self.assertEqual(second, first + 1)
+        with self.assertRaises(GochatError) as caught:
+            await self.accounts.create("alice", "hash-c", 3.0)
+        self.assertEqual(caught.exception.code, ErrorCode.USERNAME_TAKEN)
+        account = await self.accounts.by_name("bob")
+        assert account is not None
+        self.assertEqual((account.user_id, account.password_hash), (second, "hash-b"))
+        self.assertEqual(await self.accounts.by_id(first), await self.accounts.by_name("alice"))
+        self.assertIsNone(await self.accounts.by_name("carol"))
+        self.assertIsNone(await self.accounts.by_id(second + 1))
+
+    # Messages through commit_batch: seqs assigned in the transaction.
+
+    async def test_persist_worker_round_trip(self) -> None:
+        """Batched requests get seqs 1..n in order, are found by client id, and last_seq follows them."""
+        await self.start()
+        results = await gatherResults([self.worker.submit(request(n)) for n in range(1, 121)])
+        self.assertEqual(results, [stored(request(n), n) for n in range(1, 121)])
+        self.assertGreaterEqual(self.worker.writer.batches_written, 3)
+        self.assertEqual(await self.messages.last_seq("d:1:2"), 120)
+        self.assertEqual(await self.messages.last_seq("d:1:3"), 0)
+        self.assertEqual(await self.messages.by_client_msg_id(1, "m7"), results[6])
+        self.assertIsNone(await self.messages.by_client_msg_id(2, "m7"))
+        self.assertEqual(await self.messages.count(), 120)
+        self.assertEqual(await self.messages.messages_in("d:1:2", limit=500), results)
+        self.assertEqual([item.is_new for item in self.committed], [True] * 120)
+
+    async def test_commit_batch_redelivery_stores_nothing_twice(self) -> None:
+        """Requests already stored, or twice in one batch, come back as stored and take no seq."""
+        await self.start()
+        batch = [request(n) for n in range(1, 11)]
+        first = await self.messages.commit_batch(batch, {})
+        self.assertEqual(first.results, [stored(r, n) for n, r in enumerate(batch, start=1)])
+        self.assertEqual(first.last_seq, {"d:1:2": 10})
+        again = await self.messages.commit_batch(batch, {"d:1:2": 10})
+        self.assertEqual((again.results, again.new), (first.results, []))
+        again_uncached = await self.messages.commit_batch(batch, {})
+        self.assertEqual((again_uncached.results, again_uncached.new), (first.results, []))
+        mixed = await self.messages.commit_batch([request(11), batch[4], request(11), request(12, conv="d:1:3")], {})
+        self.assertEqual(
+            mixed.results,
+            [stored(request(11), 11), first.results[4], stored(request(11), 11), stored(request(12, conv="d:1:3"), 1)],
+        )
+        self.assertEqual(mixed.new, [stored(request(11), 11), stored(request(12, conv="d:1:3"), 1)])
+        self.assertEqual(mixed.last_seq, {"d:1:2": 11, "d:1:3": 1})
+        self.assertEqual((await self.messages.commit_batch([], {})).results, [])
+        self.assertEqual(await self.messages.count(), 12)
+
+    async def test_commit_batch_stale_cache_fails_whole_batch(self) -> None:
+        """A batch built on a stale last-seq stores nothing and says so with StaleSequenceError."""
+        await self.start()
+        await self.messages.commit_batch([request(1), request(2)], {})
+        with self.assertRaises(StaleSequenceError):
+            await self.messages.commit_batch([request(3, conv="d:1:3"), request(4)], {"d:1:2": 0})
+        self.assertEqual(await self.messages.count(), 2)
+        self.assertEqual(await self.messages.last_seq("d:1:3"), 0)
+
+    async def test_second_writer_makes_cache_stale_then_seqs_continue(self) -> None:
+        """Two logic processes on one conversation: the one whose cache went stale fails its batch once,
+        re-reads, and continues the seq with no gap and no reuse."""
+        from twisted.internet import reactor
+
+        await self.start(BatchPolicy(max_batch=10, max_delay=0.002, retry_initial=0.005))
+        other_pool = connect_pool(MysqlSettings(host=MYSQL_HOST, port=MYSQL_PORT, database=self.database), reactor)
+        self.addCleanup(other_pool.close)
+        other: PersistWorker[None] = PersistWorker(
+            MysqlMessageStore(other_pool, reactor, BatchPolicy()), reactor, BatchPolicy(max_batch=10), lambda _: None
+        )
+        self.addCleanup(other.stop)
+        first = await gatherResults([self.worker.submit(request(n)) for n in range(1, 6)])
+        second = await gatherResults([other.submit(request(n)) for n in range(6, 11)])
+        third = await gatherResults([self.worker.submit(request(n)) for n in range(11, 16)])
+        self.assertEqual([m.seq for m in first + second + third], list(range(1, 16)))
+        self.assertEqual(self.worker.writer.write_failures, 1)
+        self.assertEqual(len(self.flushLoggedErrors(StaleSequenceError)), 1)
+
+    async def test_concurrent_writers_and_cross_process_redelivery(self) -> None:
+        """Two processes writing the same conversations at once, each also given some of the other's requests
+        (a broker redelivery): every request is stored once, every conversation's seqs are 1..n, and both
+        processes report the same stored message for a shared request."""
+        from twisted.internet import reactor
+
+        policy = BatchPolicy(max_batch=20, max_delay=0.001, retry_initial=0.002, retry_max=0.02)
+        await self.start(policy)
+        other_pool = connect_pool(MysqlSettings(host=MYSQL_HOST, port=MYSQL_PORT, database=self.database), reactor)
+        self.addCleanup(other_pool.close)
+        other: PersistWorker[None] = PersistWorker(
+            MysqlMessageStore(other_pool, reactor, policy), reactor, policy, lambda _: None
+        )
+        self.addCleanup(other.stop)
+        requests = [request(n, conv=f"d:1:{2 + n % 3}") for n in range(1, 601)]
+        submitted: dict[int, list[Deferred[StoredMessage]]] = {}
+        for n, req in enumerate(requests, start=1):
+            workers = [self.worker, other] if n % 10 == 0 else [self.worker if n % 2 else other]
+            submitted[req.msg_id] = [worker.submit(req) for worker in workers]
+        results = {msg_id: await gatherResults(ds) for msg_id, ds in submitted.items()}
+        for msg_id, outcomes in results.items():
+            self.assertEqual(len(set(outcomes)), 1, f"{msg_id} stored differently by the two processes")
+        by_conv: dict[str, list[int]] = {}
+        for outcomes in results.values():
+            by_conv.setdefault(outcomes[0].conv, []).append(outcomes[0].seq)
+        for conv, seqs in by_conv.items():
+            self.assertEqual(sorted(seqs), list(range(1, len(seqs) + 1)), conv)
+        rows = self.query("SELECT msg_id, conv, seq FROM messages")
+        self.assertEqual(sorted(rows), sorted((m[0].msg_id, m[0].conv, m[0].seq) for m in results.values()))
+        self.flushLoggedErrors(*RETRIED_ERRORS)
+
+    # Messages with their seq set: append (the BatchWriter) and insert_batch, INSERT IGNORE.
+
+    async def test_append_round_trip(self) -> None:
+        """Appended messages are written in batches, stored once each, and found by client id."""
+        await self.start()
+        await gatherResults([self.messages.append(message(seq)) for seq in range(1, 121)])
+        self.assertGreaterEqual(self.messages.writer.batches_written, 3)
+        self.assertEqual(await self.messages.last_seq("d:1:2"), 120)
+        self.assertEqual(await self.messages.by_client_msg_id(1, "m7"), message(7))
+        self.assertEqual(await self.messages.count(), 120)
+
+    async def test_redelivered_batch_inserts_nothing_twice(self) -> None:
+        """The same messages again, through the writer or insert_batch, are no-ops on every unique key."""
+        await self.start()
+        batch = [message(seq) for seq in range(1, 11)]
+        await gatherResults([self.messages.append(m) for m in batch])
+        await gatherResults([self.messages.append(m) for m in batch])
+        await self.messages.insert_batch(batch)
+        await self.messages.insert_batch([*batch[3:], message(11)])
+        await self.messages.append(message(3, cmid="other", msg_id=99))  # same (conv, seq)
+        await self.messages.append(message(12, cmid="m4", msg_id=98))  # same (sender_id, client_msg_id)
+        await self.messages.insert_batch([message(13, msg_id=1001)])  # same msg_id
+        await self.messages.insert_batch([])
+        self.assertEqual(await self.messages.count(), 11)
+        self.assertEqual(await self.messages.messages_in("d:1:2"), [*batch, message(11)])
+
+    async def test_stop_drains_the_writer(self) -> None:
+        """Stopping commits everything queued before the pool closes."""
+        await self.start(BatchPolicy(max_batch=1000, max_delay=60.0))
+        pending = [self.messages.append(message(seq)) for seq in range(1, 301)]
+        self.assertEqual(self.query("SELECT COUNT(*) FROM messages"), [(0,)])
+        await self.service.stopService()
+        await gatherResults(pending)
+        self.assertEqual(self.query("SELECT COUNT(*), MAX(seq) FROM messages"), [(300, 300)])
+
+    # Text and sizes.
+
+    async def test_text_is_stored_byte_exact(self) -> None:
+        """utf8mb4 round-trips exactly: astral emoji, ZWJ sequences, combining marks, NUL, trailing spaces.
+
+        Client ids compare byte for byte (no-pad binary collation), in SQL as
+        in Python: ids that differ only by a trailing space or by case are
+        different messages, and a retry of each is recognised as itself.
+        """
+        await self.start()
+        bodies = {
+            "emoji": "\N{GRINNING FACE}\N{PILE OF POO}\U0001f9d1\u200d\U0001f680 \U0001faf6\U0001f3fd",
+            "family": "\U0001f468\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466",
+            "combining": "e\u0301 vs \u00e9, A\u030a, \u1100\u1161\u11a8",
+            "cjk": "\u4f60\u597d\u4e16\u754c \U00020000\U0002a6d6",
+            "controls": "nul:\x00 tab:\t cr:\r\n end",
+            "spaces": "trailing spaces   ",
+            "quotes": "'\"\\%_;--",
+        }
+        requests = [request(n, cmid=name, body=body) for n, (name, body) in enumerate(bodies.items(), start=1)]
+        requests += [request(8, cmid="emoji "), request(9, cmid="Emoji")]
+        first = await self.messages.commit_batch(requests, {})
+        self.assertEqual(len(first.new), 9)
+        again = await self.messages.commit_batch(list(reversed(requests)), {})
+        self.assertEqual((again.results, again.new), (list(reversed(first.results)), []))
+        self.assertEqual(await self.messages.messages_in("d:1:2"), first.results)
+        for name, body in bodies.items():
+            found = await self.messages.by_client_msg_id(1, name)
+            assert found is not None
+            self.assertEqual(found.body, body)
+        for seq, body in enumerate(bodies.values(), start=1):
+            [(raw,)] = self.query("SELECT CAST(body AS BINARY) FROM messages WHERE seq = %s", seq)
+            self.assertEqual(raw, body.encode("utf-8"))
+        self.assertEqual(await self.messages.by_client_msg_id(1, "emoji "), first.results[7])
+
+    async def test_large_bodies(self) -> None:
+        """A body over 1 MiB is stored whole; one over MAX_BODY_BYTES, or not encodable, or a field too long
+        for its column, is refused with bad_request before anything is queued or written, never altered."""
+        await self.start()
+        generator = random.Random(7)
+        big = "".join(generator.choices("abcdefghij \N{GRINNING FACE}\u00e9\u4e2d", k=800_000))
+        self.assertGreater(len(big.encode("utf-8")), 1024 * 1024)
+        stored_big = await self.worker.submit(request(1, body=big))
+        self.assertEqual(stored_big.body, big)
+        await self.messages.append(message(2, body=big))
+        for cmid in ("m1", "m2"):
+            found = await self.messages.by_client_msg_id(1, cmid)
+            assert found is not None
+            self.assertEqual(found.body, big)
+        self.assertEqual(self.query("SELECT LENGTH(body) FROM messages"), [(len(big.encode("utf-8")),)] * 2)
+
+        too_big = "x" * (MAX_BODY_BYTES + 1)
+        refused: list[tuple[PersistRequest, StoredMessage]] = [
+            (request(3, body=too_big), message(3, body=too_big)),
+            (request(3, body="lone \ud800 surrogate"), message(3, body="lone \ud800 surrogate")),
+            (request(3, cmid="c" * 256), message(3, cmid="c" * 256)),
+            (request(3, conv="d:" + "9" * 200), message(3, conv="d:" + "9" * 200)),
+            (request(3, sender_id=-1), message(3, msg_id=-1)),
+        ]
+        for refused_request, refused_message in refused:
+            with self.assertRaises(GochatError) as by_commit:
+                self.messages.commit_batch([request(4), refused_request], {})
+            with self.assertRaises(GochatError) as by_append:
+                self.messages.append(refused_message)
+            with self.assertRaises(GochatError) as by_insert:
+                self.messages.insert_batch([message(4), refused_message])
+            for caught in (by_commit, by_append, by_insert):
+                self.assertEqual(caught.exception.code, ErrorCode.BAD_REQUEST)
+        self.assertEqual(len(self.messages.writer), 0)
+        self.assertEqual(await self.messages.count(), 2)
+
+    async def test_messages_in_order_and_paging(self) -> None:
+        """messages_in reads one conversation in seq order, after a seq, a page at a time."""
+        await self.start()
+        seqs = list(range(1, 58))
+        random.Random(3).shuffle(seqs)
+        await self.messages.insert_batch([message(seq) for seq in seqs])
+        await self.messages.insert_batch(
+            [message(seq, conv="d:1:3", msg_id=5000 + seq, cmid=f"other{seq}") for seq in range(1, 20)]
+        )
+        pages: list[list[StoredMessage]] = []
+        after = 0
+        while True:
+            page = await self.messages.messages_in("d:1:2", after_seq=after, limit=10)
+            if not page:
+                break
+            pages.append(page)
+            after = page[-1].seq
+        self.assertEqual([len(page) for page in pages], [10, 10, 10, 10, 10, 7])
+        self.assertEqual([m for page in pages for m in page], [message(seq) for seq in range(1, 58)])
+        self.assertEqual([m.seq for m in await self.messages.messages_in("d:1:3", after_seq=17)], [18, 19])
+        self.assertEqual(await self.messages.messages_in("d:9:9"), [])
+        with self.assertRaises(ValueError):
+            self.messages.messages_in("d:1:2", limit=0)
+
+    # Failures: the writer waits and resumes; nothing acknowledged is lost, nothing is stored twice.
+
+    def submit(self, n: int, through_worker: bool) -> Deferred[Any]:
+        """Message *n* of conversation d:1:2 (msg_id 1000 + n, seq n) through the chosen path."""
+        return self.worker.submit(request(n)) if through_worker else self.messages.append(message(n))
+
+    def writer(self, through_worker: bool) -> BatchWriter[Any]:
+        return self.worker.writer if through_worker else self.messages.writer
+
+    async def assert_stored_once(self, total: int, results: list[Any], through_worker: bool) -> None:
+        """Messages 1..total are each stored once at seq n; the worker acknowledged each with what is stored."""
+        if through_worker:
+            self.assertEqual(results, [stored(request(n), n) for n in range(1, total + 1)])
+        self.assertEqual(await self.messages.count(), total)
+        rows = self.query("SELECT msg_id, seq FROM messages ORDER BY seq")
+        self.assertEqual(rows, [(1000 + n, n) for n in range(1, total + 1)])
+
+    async def killed_connections(self, through_worker: bool) -> None:
+        await self.start(BatchPolicy(max_batch=100, max_delay=0.002, retry_initial=0.01, retry_max=0.1))
+        total = 3000
+        kills: list[int] = []
+        reads: list[tuple[int, Deferred[int]]] = []
+
+        def batch_committed(result: object, n: int) -> object:
+            # Kill every pool connection after each committed batch until the
+            # writer has failed three times: a pool thread always comes back to
+            # a connection that was killed, so the failures are certain.
+            if self.writer(through_worker).write_failures < 3:
+                kills.append(self.kill_pool_connections())
+                reads.append((n, self.messages.last_seq("d:1:2")))
+            return result
+
+        submitted = []
+        for n in range(1, total + 1):
+            d = self.submit(n, through_worker)
+            if n % 100 == 0:
+                d.addCallback(batch_committed, n)
+            submitted.append(d)
+        results = await gatherResults(submitted)
+
+        self.assertGreaterEqual(self.writer(through_worker).write_failures, 3)
+        self.assertGreater(sum(kills), 0)
+        for committed_n, read in reads:
+            # A read issued right after the kill still answers, with what was committed by then or later.
+            last_seq = await read
+            self.assertGreaterEqual(last_seq, committed_n)
+            self.assertEqual(last_seq % 100, 0)
+        await self.assert_stored_once(total, results, through_worker)
+        self.flushLoggedErrors(*RETRIED_ERRORS)
+
+    async def test_persist_worker_resumes_after_connections_are_killed(self) -> None:
+        """commit_batch batches keep flowing while the pool's connections are KILLed; reads retry; every
+        message is stored exactly once at its seq."""
+        await self.killed_connections(through_worker=True)
+
+    async def test_append_writer_resumes_after_connections_are_killed(self) -> None:
+        """The same for append (INSERT IGNORE through the BatchWriter)."""
+        await self.killed_connections(through_worker=False)
+
+    async def outage(self, through_worker: bool) -> None:
+        from twisted.internet import reactor
+
+        gate = GatedProxyFactory(MYSQL_HOST, MYSQL_PORT, reactor)
+        listening = reactor.listenTCP(0, gate, interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        await self.start(
+            BatchPolicy(max_batch=50, max_delay=0.002, retry_initial=0.01, retry_max=0.05),
+            port=listening.getHost().port,
+        )
+        total = 1000
+        writer = self.writer(through_worker)
+        acked: set[int] = set()
+        read_refused: Deferred[None] = Deferred()
+        outage_over: Deferred[tuple[set[int], set[int]]] = Deferred()
+        failures_before = writer.write_failures
+
+        def end_outage_when_seen_down() -> None:
+            # Called on each refused connection: come back once the writer has
+            # retried a few times and the read below has been refused.
+            retried = writer.write_failures - failures_before >= 3
+            if retried and read_refused.called and not outage_over.called:
+                stored_seqs = {row[0] for row in self.query("SELECT seq FROM messages")}
+                acked_while_down = set(acked)
+                gate.restore()
+                outage_over.callback((acked_while_down, stored_seqs))
+
+        gate.on_refused = end_outage_when_seen_down
+
+        def record(result: object, n: int) -> object:
+            acked.add(n)
+            if n == 150:
+                # The next batch is in flight, or about to be: cut now.
+                reactor.callLater(0, gate.cut)
+            return result
+
+        submitted = [self.submit(n, through_worker).addCallback(record, n) for n in range(1, total + 1)]
+        await gate.went_down
+        with self.assertRaises(GochatError) as caught:
+            await self.messages.last_seq("d:1:2")
+        self.assertEqual(caught.exception.code, ErrorCode.UNAVAILABLE)
+        read_refused.callback(None)
+
+        acked_while_down, stored_while_down = await outage_over
+        self.assertGreaterEqual(len(acked_while_down), 150)
+        self.assertLess(len(acked_while_down), total)
+        self.assertLessEqual(acked_while_down, stored_while_down)
+        results = await gatherResults(submitted)
+        self.assertEqual(acked, set(range(1, total + 1)))
+        await self.assert_stored_once(total, results, through_worker)
+        self.assertGreater(gate.refused, 0)
+        self.flushLoggedErrors(*RETRIED_ERRORS)
+
+    async def test_persist_worker_survives_outage(self) -> None:
+        """While the database is unreachable commit_batch writes wait (nothing is acked that is not stored)
+        and reads fail ``unavailable``; once it is back every message is stored exactly once at its seq."""
+        await self.outage(through_worker=True)
+
+    async def test_append_writer_survives_outage(self) -> None:
+        """The same for append (INSERT IGNORE through the BatchWriter)."""
+        await self.outage(through_worker=False)
