@@ -36,6 +36,7 @@ class ErrorCode(enum.Enum):
     DUPLICATE_CLIENT_MSG_ID = "duplicate_client_msg_id"
     UNAVAILABLE = "unavailable"
     SHUTTING_DOWN = "shutting_down"
+    SLOW_CONSUMER = "slow_consumer"
     INTERNAL = "internal"
 
 
@@ -64,6 +65,7 @@ CLOSE_AUTH_TIMEOUT = 4408
 CLOSE_IDLE_TIMEOUT = 4409
 CLOSE_RATE_LIMITED = 4429
 CLOSE_SHUTTING_DOWN = 4503
+CLOSE_SLOW_CONSUMER = 4410
 CLOSE_INTERNAL = 4500
 
 WIRE: dict[ErrorCode, WireMapping] = {
@@ -86,6 +88,7 @@ WIRE: dict[ErrorCode, WireMapping] = {
     ErrorCode.DUPLICATE_CLIENT_MSG_ID: WireMapping(None, 409, "ALREADY_EXISTS"),
     ErrorCode.UNAVAILABLE: WireMapping(None, 503, "UNAVAILABLE"),
     ErrorCode.SHUTTING_DOWN: WireMapping(CLOSE_SHUTTING_DOWN, 503, "UNAVAILABLE"),
+    ErrorCode.SLOW_CONSUMER: WireMapping(CLOSE_SLOW_CONSUMER, 503, "RESOURCE_EXHAUSTED"),
     ErrorCode.INTERNAL: WireMapping(None, 500, "INTERNAL"),
 }
 
