@@ -46,6 +46,7 @@ class GatewayConfig:
     gateway_id: str = field(default_factory=default_gateway_id)
     limits: SessionLimits = field(default_factory=SessionLimits)
     max_frame_bytes: int = 64 * 1024
+    max_backlog_bytes: int = 1 << 20
     wheel_tick: float = 0.5
     wheel_slots: int = 512
     embedded_logic: logic_service.LogicConfig = field(
@@ -119,7 +120,7 @@ def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None
             client = GrpcLogicClient(config.logic, reactor)
             _ClientCloser(client).setServiceParent(top)
             logic = client
-    factory = GatewayFactory(reactor, config.public_url, config.max_frame_bytes)
+    factory = GatewayFactory(reactor, config.public_url, config.max_frame_bytes, config.max_backlog_bytes)
     hub = GatewayHub(
         config.gateway_id,
         logic,

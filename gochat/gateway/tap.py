@@ -40,6 +40,13 @@ class Options(usage.Options):
         ["idle-timeout", None, 60.0, "Seconds without a frame before a session is closed.", float],
         ["max-frame-bytes", None, 65536, "Largest WebSocket message accepted.", int],
         ["max-body-chars", None, 8192, "Largest message body accepted.", int],
+        [
+            "max-backlog-bytes",
+            None,
+            1 << 20,
+            "Bytes queued for a client that is not reading before it is closed as a slow consumer.",
+            int,
+        ],
         ["frames-per-second", None, 50.0, "Sustained frames per second per connection.", float],
         ["frame-burst", None, 100, "Burst of frames per connection above the sustained rate.", int],
         ["wheel-tick", None, 0.5, "Seconds per tick of the timing wheel.", float],
@@ -62,6 +69,7 @@ def config_from_options(options: Options) -> GatewayConfig:
         gateway_id=options["gateway-id"] or default_gateway_id(),
         limits=limits,
         max_frame_bytes=options["max-frame-bytes"],
+        max_backlog_bytes=options["max-backlog-bytes"],
         wheel_tick=options["wheel-tick"],
         embedded_logic=LogicConfig(data_dir=pathlib.Path(options["data-dir"]), grpc_listen=None),
     )
