@@ -34,15 +34,22 @@ Deadlines that fall on or before the last tick the wheel has already processed
 wheel never holds a timer that is already overdue, so such a timer is returned
 by the first :meth:`HashedWheel.advance` that crosses a tick boundary.
 
-Timers belong to the wheel that created them; passing a timer to another wheel
-is not detected and corrupts both.
+A timer is either a separate object made by :meth:`HashedWheel.schedule`, or
+*intrusive*: the object that owns the deadline (the gateway's session) is an
+instance of a :class:`WheelTimer` subclass and is armed in place with
+:meth:`HashedWheel.reset`.  Then a reset touches only the owner, which the
+caller has just touched anyway, and nothing is allocated per timer.
+
+A timer belongs to one wheel at a time; passing an active timer to another
+wheel is not detected and corrupts both.
 """
 
 from __future__ import annotations
 
+import enum
 from math import ceil, floor, inf, isfinite, nan, nextafter
 from operator import attrgetter
-from typing import Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar, cast
 
 __all__ = ["HashedWheel", "WheelTimer"]
 
@@ -57,39 +64,110 @@ _INACTIVE = -1
 Hot paths test ``slot < 0``: any negative slot means inactive.
 """
 
-_by_deadline = attrgetter("_deadline")
+_by_deadline = attrgetter("_wheel_deadline")
 _new_timer = object.__new__
 
 
-class WheelTimer(Generic[P]):
-    """One scheduled timeout, as returned by :meth:`HashedWheel.schedule`.
+class _Payload(enum.Enum):
+    """Markers stored in a timer's payload slot in place of a payload."""
 
-    The object is deliberately tiny (three slots, no ``__dict__``) because the
-    gateway keeps one per live connection.  ``payload`` is what
-    :meth:`HashedWheel.advance` hands back when the timer expires; the caller
-    may replace it at any time.
+    ITSELF = enum.auto()
+    """The payload is the timer itself (an intrusive timer).
+
+    Storing the timer in its own slot would make every intrusive timer a
+    reference cycle, left to the cycle collector when its owner drops it.
+    """
+
+
+_ITSELF: Literal[_Payload.ITSELF] = _Payload.ITSELF
+
+
+class WheelTimer(Generic[P]):
+    """One timeout on a :class:`HashedWheel`.
+
+    A timer is either made by :meth:`HashedWheel.schedule` (a *separate*
+    timer that some owner keeps a reference to), or is the owner itself (an
+    *intrusive* timer, see below).  The class is deliberately tiny (three
+    slots, no ``__dict__``) because the gateway keeps one per live
+    connection.  ``payload`` is what :meth:`HashedWheel.advance` hands back
+    when the timer expires; the caller may replace it at any time.
 
     A timer is *active* while it sits in the wheel.  Expiry and cancellation
     make it inactive; :meth:`HashedWheel.reset` makes it active again, so one
     timer object can serve a connection for its whole life.
+
+    Intrusive timers
+    ----------------
+    The object that owns a deadline can *be* its timer, as with Linux's
+    ``timer_list`` or Netty's wheel: subclass ``WheelTimer``, parametrised by
+    the subclass itself, call ``WheelTimer.__init__(self, self)`` (the
+    payload is the object) and arm it with :meth:`HashedWheel.reset`::
+
+        class Connection(WheelTimer["Connection"]):
+            __slots__ = ("peer",)  # or no __slots__, for a __dict__
+
+            def __init__(self, peer: str, wheel: HashedWheel[Connection], now: float) -> None:
+                super().__init__(self)
+                self.peer = peer
+                wheel.reset(self, 30.0, now)
+
+    There is then no timer object to allocate or to reach: the wheel's state
+    is three slots in the owner's own memory, which the owner's code touches
+    anyway, and :meth:`HashedWheel.advance` returns the owners themselves.
+    The timer does not refer to itself (the slot records that the payload is
+    the timer), so being a timer adds no reference cycle to the owner; the
+    wheel holds it, and keeps it alive, only while it is active.
+
+    A subclass must call ``WheelTimer.__init__`` before the timer is used,
+    must not reuse the names ``payload``, ``active``, ``deadline``,
+    ``_wheel_deadline``, ``_wheel_payload`` or ``_wheel_slot``, and must keep
+    identity equality and hashing, because the wheel's buckets are sets.  A
+    class body that defines one of those names, ``__eq__`` or ``__hash__``
+    raises :class:`TypeError`; a class decorator that adds ``__eq__``
+    afterwards (``@dataclass``) is not caught, so do not use one.
     """
 
-    __slots__ = ("_deadline", "_slot", "payload")
+    __slots__ = ("_wheel_deadline", "_wheel_payload", "_wheel_slot")
 
-    payload: P
-    _deadline: int
-    _slot: int
+    _wheel_deadline: int
+    _wheel_payload: P | Literal[_Payload.ITSELF]
+    _wheel_slot: int
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Refuse subclasses the wheel's buckets would mishandle (see the class docstring)."""
+        super().__init_subclass__(**kwargs)
+        if cls.__eq__ is not object.__eq__ or cls.__hash__ is not object.__hash__:
+            raise TypeError(f"{cls.__qualname__} must keep identity __eq__ and __hash__ to be a WheelTimer")
+        for klass in cls.__mro__[: cls.__mro__.index(WheelTimer)]:
+            clash = _RESERVED.intersection(klass.__dict__)
+            if clash:
+                raise TypeError(f"{cls.__qualname__} redefines {', '.join(sorted(clash))}, which WheelTimer uses")
 
     def __init__(self, payload: P) -> None:
-        """Create an inactive timer; :meth:`HashedWheel.reset` activates it."""
-        self.payload = payload
-        self._deadline = 0
-        self._slot = _INACTIVE
+        """Create an inactive timer; :meth:`HashedWheel.reset` activates it.
+
+        An intrusive timer passes itself: ``WheelTimer.__init__(self, self)``.
+        """
+        self._wheel_payload = _ITSELF if payload is self else payload
+        self._wheel_deadline = 0
+        self._wheel_slot = _INACTIVE
+
+    @property
+    def payload(self) -> P:
+        """What :meth:`HashedWheel.advance` returns when the timer expires (may be replaced)."""
+        payload = self._wheel_payload
+        if payload is _ITSELF:
+            return cast(P, self)
+        return payload
+
+    @payload.setter
+    def payload(self, payload: P) -> None:
+        self._wheel_payload = _ITSELF if payload is self else payload
 
     @property
     def active(self) -> bool:
         """Whether the timer is scheduled (not yet expired, not cancelled)."""
-        return self._slot != _INACTIVE
+        return self._wheel_slot != _INACTIVE
 
     @property
     def deadline(self) -> int:
@@ -97,11 +175,17 @@ class WheelTimer(Generic[P]):
 
         Multiply by the wheel's ``tick`` to get seconds.
         """
-        return self._deadline
+        return self._wheel_deadline
 
     def __repr__(self) -> str:
-        state = f"due at tick {self._deadline}" if self.active else "inactive"
-        return f"<WheelTimer {state} payload={self.payload!r}>"
+        state = f"due at tick {self._wheel_deadline}" if self.active else "inactive"
+        if self._wheel_payload is _ITSELF:
+            return f"<{type(self).__qualname__} at {id(self):#x}, timer {state}>"
+        return f"<{type(self).__qualname__} {state} payload={self.payload!r}>"
+
+
+_RESERVED = frozenset({"payload", "active", "deadline", "_wheel_deadline", "_wheel_payload", "_wheel_slot"})
+"""Names of :class:`WheelTimer` that a subclass must leave alone."""
 
 
 class HashedWheel(Generic[P]):
@@ -171,9 +255,9 @@ class HashedWheel(Generic[P]):
         when = now + delay
         deadline = self._last_deadline if self._last_low < when <= self._last_high else self._deadline_of(when)
         timer: WheelTimer[P] = _new_timer(WheelTimer)
-        timer.payload = payload
-        timer._deadline = deadline
-        slot = timer._slot = deadline % self._slots
+        timer._wheel_payload = payload
+        timer._wheel_deadline = deadline
+        slot = timer._wheel_slot = deadline % self._slots
         self._buckets[slot].add(timer)
         self._live += 1
         return timer
@@ -187,21 +271,23 @@ class HashedWheel(Generic[P]):
         the timer to its new bucket straight away, because the bucket it sits
         in might only be visited after the new deadline.
 
-        An inactive timer (expired or cancelled) is scheduled again, so a
-        connection can keep a single timer object for its whole life.
+        An inactive timer (expired, cancelled, or never armed: one made with
+        ``WheelTimer(payload)`` or an intrusive timer just initialised) is
+        scheduled, so a connection can keep a single timer for its whole life,
+        and an intrusive timer needs no other call to be armed.
         """
         when = now + delay
         deadline = self._last_deadline if self._last_low < when <= self._last_high else self._deadline_of(when)
-        slot = timer._slot
+        slot = timer._wheel_slot
         if slot < 0:
-            slot = timer._slot = deadline % self._slots
+            slot = timer._wheel_slot = deadline % self._slots
             self._buckets[slot].add(timer)
             self._live += 1
-        elif deadline < timer._deadline:
+        elif deadline < timer._wheel_deadline:
             self._buckets[slot].discard(timer)
-            slot = timer._slot = deadline % self._slots
+            slot = timer._wheel_slot = deadline % self._slots
             self._buckets[slot].add(timer)
-        timer._deadline = deadline
+        timer._wheel_deadline = deadline
 
     def _deadline_of(self, when: float) -> int:
         """The deadline tick of a timer due at time ``when``, the slow way.
@@ -270,10 +356,10 @@ class HashedWheel(Generic[P]):
         Cancelling an inactive timer (already cancelled or already expired)
         does nothing, so callers need not track whether the timer has fired.
         """
-        slot = timer._slot
+        slot = timer._wheel_slot
         if slot >= 0:
             self._buckets[slot].discard(timer)
-            timer._slot = _INACTIVE
+            timer._wheel_slot = _INACTIVE
             self._live -= 1
 
     def advance(self, now: float) -> list[P]:
@@ -307,13 +393,13 @@ class HashedWheel(Generic[P]):
                 continue
             buckets[index] = set()
             for timer in bucket:
-                deadline = timer._deadline
+                deadline = timer._wheel_deadline
                 if deadline <= tick:
-                    timer._slot = _INACTIVE
+                    timer._wheel_slot = _INACTIVE
                     expired.append(timer)
                 else:
                     slot = deadline % n_slots
-                    timer._slot = slot
+                    timer._wheel_slot = slot
                     buckets[slot].add(timer)
         self._current = target
         if self._last_deadline <= target + 1:
@@ -321,4 +407,9 @@ class HashedWheel(Generic[P]):
         self._live -= len(expired)
         if jumped:
             expired.sort(key=_by_deadline)
-        return [timer.payload for timer in expired]
+        itself = _ITSELF
+        # An intrusive timer is its own payload; cast once, not per timer.
+        return cast(
+            "list[P]",
+            [timer if (payload := timer._wheel_payload) is itself else payload for timer in expired],
+        )

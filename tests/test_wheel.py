@@ -6,14 +6,36 @@ Time is plain numbers throughout: the wheel reads no clock, so no reactor,
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 from math import ceil, floor, nextafter
+from typing import Any
 
 from twisted.trial.unittest import SynchronousTestCase
 
 from gochat.wheel import HashedWheel, WheelTimer
 
 EPSILON = 1e-9
+
+
+class Owner(WheelTimer["Owner"]):
+    """An intrusive timer: the object that owns the deadline is the timer."""
+
+    __slots__ = ("frames", "key")
+
+    def __init__(self, key: int) -> None:
+        super().__init__(self)
+        self.key = key
+        self.frames = 0
+
+
+class DictOwner(WheelTimer["DictOwner"]):
+    """An intrusive timer whose subclass has a ``__dict__`` (no ``__slots__``)."""
+
+    def __init__(self, name: str) -> None:
+        WheelTimer.__init__(self, self)
+        self.name = name
 
 
 def due_tick(when: float, tick: float, current: int) -> int:
@@ -238,6 +260,155 @@ class CancelTests(SynchronousTestCase):
         self.assertEqual(len(wheel), 0)
 
 
+class IntrusiveTests(SynchronousTestCase):
+    """An owner object that subclasses WheelTimer is scheduled in place, with no timer object."""
+
+    def test_armed_by_reset_and_expires_as_itself(self) -> None:
+        wheel: HashedWheel[Owner] = HashedWheel(1.0, 8, 0.0)
+        owner = Owner(1)
+        self.assertIs(owner.payload, owner)
+        self.assertFalse(owner.active)
+        self.assertEqual(len(wheel), 0)
+        self.assertIsNone(wheel.reset(owner, 2.0, 0.0))  # type: ignore[func-returns-value]
+        self.assertTrue(owner.active)
+        self.assertEqual(owner.deadline, 2)
+        self.assertEqual(len(wheel), 1)
+        self.assertEqual(wheel.advance(1.0), [])
+        got = wheel.advance(2.0)
+        self.assertEqual(len(got), 1)
+        self.assertIs(got[0], owner)
+        self.assertFalse(owner.active)
+        self.assertEqual(len(wheel), 0)
+        self.assertEqual(owner.key, 1)
+
+    def test_reset_pushes_out_and_pulls_in(self) -> None:
+        wheel: HashedWheel[Owner] = HashedWheel(1.0, 8, 0.0)
+        owner = Owner(1)
+        wheel.reset(owner, 5.0, 0.0)
+        for now in (1.0, 2.0, 3.0, 4.0):
+            owner.frames += 1
+            wheel.reset(owner, 5.0, now)
+            self.assertEqual(wheel.advance(now), [])
+        self.assertEqual(owner.deadline, 9)
+        wheel.reset(owner, 1.0, 4.0)
+        self.assertEqual(owner.deadline, 5)
+        self.assertEqual(len(wheel), 1)
+        self.assertEqual(wheel.advance(5.0), [owner])
+        self.assertEqual(wheel.advance(20.0), [])
+        self.assertEqual(owner.frames, 4)
+
+    def test_cancel_then_rearm(self) -> None:
+        wheel: HashedWheel[Owner] = HashedWheel(1.0, 8, 0.0)
+        owner, other = Owner(1), Owner(2)
+        wheel.reset(owner, 3.0, 0.0)
+        wheel.reset(other, 3.0, 0.0)
+        wheel.cancel(owner)
+        wheel.cancel(owner)
+        self.assertFalse(owner.active)
+        self.assertEqual(len(wheel), 1)
+        self.assertEqual(wheel.advance(3.0), [other])
+        wheel.cancel(other)
+        self.assertEqual(len(wheel), 0)
+        wheel.reset(owner, 2.0, 3.0)
+        self.assertEqual(wheel.advance(5.0), [owner])
+
+    def test_rearmed_after_expiry(self) -> None:
+        wheel: HashedWheel[Owner] = HashedWheel(0.5, 4, 0.0)
+        owner = Owner(1)
+        wheel.reset(owner, 1.0, 0.0)
+        for round_ in range(1, 6):
+            self.assertEqual(wheel.advance(round_ * 1.0), [owner])
+            wheel.reset(owner, 1.0, round_ * 1.0)
+        self.assertEqual(len(wheel), 1)
+
+    def test_subclass_with_a_dict(self) -> None:
+        wheel: HashedWheel[DictOwner] = HashedWheel(1.0, 8, 0.0)
+        owner = DictOwner("d")
+        owner.extra = "anything"  # type: ignore[attr-defined]
+        wheel.reset(owner, 30.0, 0.0)
+        self.assertEqual(wheel.advance(29.0), [])
+        self.assertEqual(wheel.advance(30.0), [owner])
+        self.assertEqual(vars(owner), {"name": "d", "extra": "anything"})
+
+    def test_payload_can_be_replaced_and_restored(self) -> None:
+        wheel: HashedWheel[Owner] = HashedWheel(1.0, 8, 0.0)
+        owner, stand_in = Owner(1), Owner(2)
+        wheel.reset(owner, 1.0, 0.0)
+        owner.payload = stand_in
+        self.assertIs(owner.payload, stand_in)
+        self.assertEqual(wheel.advance(1.0), [stand_in])
+        owner.payload = owner
+        self.assertIs(owner.payload, owner)
+        wheel.reset(owner, 1.0, 1.0)
+        self.assertEqual(wheel.advance(2.0), [owner])
+
+    def test_no_reference_cycle(self) -> None:
+        """Being a timer adds no cycle: a dropped owner goes by reference counting.
+
+        The wheel keeps an armed owner alive, as it keeps a scheduled timer.
+        """
+        wheel: HashedWheel[DictOwner] = HashedWheel(1.0, 8, 0.0)
+        owner = DictOwner("d")
+        self.assertNotIn(owner, gc.get_referents(owner))
+        wheel.reset(owner, 5.0, 0.0)
+        ref = weakref.ref(owner)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            del owner
+            self.assertIsNotNone(ref())
+            armed = ref()
+            assert armed is not None
+            wheel.cancel(armed)
+            del armed
+            self.assertIsNone(ref())
+        finally:
+            if collecting:
+                gc.enable()
+
+    def test_the_slotted_owner_has_no_dict(self) -> None:
+        self.assertFalse(hasattr(Owner(1), "__dict__"))
+
+    def test_far_jump_sorts_owners_by_deadline(self) -> None:
+        wheel: HashedWheel[Owner] = HashedWheel(1.0, 4, 0.0)
+        owners = [Owner(key) for key in range(20)]
+        for owner in reversed(owners):
+            wheel.reset(owner, float(owner.key + 1), 0.0)
+        self.assertEqual(wheel.advance(100.0), owners)
+
+    def test_repr_does_not_recurse(self) -> None:
+        wheel: HashedWheel[Owner] = HashedWheel(1.0, 8, 0.0)
+        owner = Owner(1)
+        self.assertIn("Owner", repr(owner))
+        self.assertIn("inactive", repr(owner))
+        wheel.reset(owner, 3.0, 0.0)
+        self.assertIn("due at tick 3", repr(owner))
+
+    def test_refuses_value_equality(self) -> None:
+        with self.assertRaises(TypeError):
+
+            class Equal(WheelTimer["Equal"]):
+                def __eq__(self, other: object) -> bool:
+                    return True
+
+                __hash__ = object.__hash__
+
+        with self.assertRaises(TypeError):
+
+            class Hashed(WheelTimer["Hashed"]):
+                def __hash__(self) -> int:
+                    return 0
+
+    def test_refuses_reserved_names(self) -> None:
+        for name in ("payload", "active", "deadline", "_wheel_deadline", "_wheel_payload", "_wheel_slot"):
+            with self.subTest(name=name), self.assertRaises(TypeError):
+                type("Clash", (WheelTimer,), {"__slots__": (), name: None})
+        with self.assertRaises(TypeError):
+
+            class SlotClash(WheelTimer["SlotClash"]):
+                __slots__ = ("payload",)
+
+
 class MultiRoundTests(SynchronousTestCase):
     def test_delay_longer_than_the_ring(self) -> None:
         wheel: HashedWheel[str] = HashedWheel(1.0, 8, 0.0)
@@ -416,8 +587,8 @@ class RandomisedModelTests(SynchronousTestCase):
     negative, zero, whole ticks or arbitrary, sometimes from a stale ``now``.
     """
 
-    def check(self, seed: int, tick: float, slots: int, operations: int = 3000) -> None:
-        run = _ModelRun(self, random.Random(seed), tick, slots)
+    def check(self, seed: int, tick: float, slots: int, operations: int = 3000, intrusive: float = 0.0) -> None:
+        run = _ModelRun(self, random.Random(seed), tick, slots, intrusive)
         for op in range(operations):
             run.step(f"seed {seed} op {op}")
         run.check_timers()
@@ -438,21 +609,44 @@ class RandomisedModelTests(SynchronousTestCase):
         for seed in range(5, 10):
             self.check(seed=seed, tick=0.25, slots=8, operations=1500)
 
+    def test_intrusive_timers(self) -> None:
+        self.check(seed=21, tick=1.0, slots=16, intrusive=1.0)
+        self.check(seed=22, tick=0.1, slots=64, intrusive=1.0)
+        self.check(seed=23, tick=1 / 3, slots=7, intrusive=1.0)
+        self.check(seed=24, tick=0.5, slots=1, intrusive=1.0)
+
+    def test_intrusive_and_separate_timers_on_one_wheel(self) -> None:
+        for seed in range(25, 30):
+            self.check(seed=seed, tick=0.25, slots=8, operations=1500, intrusive=0.5)
+
 
 class _ModelRun:
-    """A wheel and its reference model, driven by one random generator."""
+    """A wheel and its reference model, driven by one random generator.
 
-    def __init__(self, case: SynchronousTestCase, rng: random.Random, tick: float, slots: int) -> None:
+    Timers are keyed by an ``int``.  A new timer is intrusive (an
+    :class:`Owner`, armed with ``reset``, whose payload is itself) with
+    probability ``intrusive``, else made by ``schedule`` with its key as the
+    payload; the wheel's payloads are mapped back to keys to compare.
+    """
+
+    def __init__(
+        self, case: SynchronousTestCase, rng: random.Random, tick: float, slots: int, intrusive: float = 0.0
+    ) -> None:
         self.case = case
         self.rng = rng
         self.tick = tick
         self.slots = slots
+        self.intrusive = intrusive
         self.span = 3 * slots * tick
         self.now = rng.uniform(0.0, 100.0)
-        self.wheel: HashedWheel[int] = HashedWheel(tick, slots, self.now)
+        self.wheel: HashedWheel[Any] = HashedWheel(tick, slots, self.now)
         self.current = floor(self.now / tick + EPSILON)
-        self.timers: dict[int, WheelTimer[int]] = {}
+        self.timers: dict[int, WheelTimer[Any]] = {}
         self.model: dict[int, int] = {}
+
+    @staticmethod
+    def key(payload: int | Owner) -> int:
+        return payload.key if isinstance(payload, Owner) else payload
 
     def delay(self) -> float:
         roll = self.rng.random()
@@ -474,7 +668,11 @@ class _ModelRun:
         if roll < 0.25 or not self.timers:
             payload = len(self.timers)
             at, delay = self.when(), self.delay()
-            self.timers[payload] = self.wheel.schedule(payload, delay, at)
+            if self.rng.random() < self.intrusive:
+                owner = self.timers[payload] = Owner(payload)
+                self.wheel.reset(owner, delay, at)
+            else:
+                self.timers[payload] = self.wheel.schedule(payload, delay, at)
             self.model[payload] = due_tick(at + delay, self.tick, self.current)
         elif roll < 0.7:
             payload = self.rng.choice(list(self.timers))
@@ -502,7 +700,7 @@ class _ModelRun:
         model = self.model
         target = max(self.current, floor(self.now / self.tick + EPSILON))
         expected = [p for p, d in model.items() if d <= target]
-        got = self.wheel.advance(self.now)
+        got = [self.key(p) for p in self.wheel.advance(self.now)]
         self.case.assertEqual(sorted(got), sorted(expected), where)
         deadlines = [model[p] for p in got]
         self.case.assertEqual(deadlines, sorted(deadlines), where)

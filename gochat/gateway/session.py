@@ -3,8 +3,9 @@
 Pure: no reactor, no sockets. The Autobahn protocol feeds it frames and the
 current time; it answers through a :class:`SessionTransport`, talks to logic
 through an :class:`~gochat.gateway.logic_client.ILogicClient`, and keeps one
-timer on the gateway's shared :class:`~gochat.wheel.HashedWheel`: first the
-auth deadline, then the idle timeout, re-armed by every frame.
+timer on the gateway's shared :class:`~gochat.wheel.HashedWheel` (the session
+is that timer): first the auth deadline, then the idle timeout, re-armed by
+every frame.
 
 States::
 
@@ -87,8 +88,15 @@ class SessionObserver(Protocol):
         """The session ended; it receives nothing more."""
 
 
-class Session:
-    """One client connection's protocol logic."""
+class Session(WheelTimer["Session"]):
+    """One client connection's protocol logic.
+
+    The session is its own timer on the gateway's wheel (an intrusive
+    :class:`~gochat.wheel.WheelTimer` whose payload is the session), so
+    re-arming it on a frame touches only the session and no timer object is
+    allocated per connection.  ``active`` and ``deadline`` therefore describe
+    the session's timer, not the connection.
+    """
 
     def __init__(
         self,
@@ -101,6 +109,7 @@ class Session:
         limits: SessionLimits,
         now: float,
     ) -> None:
+        super().__init__(self)
         self.session_id = session_id
         self.gateway_id = gateway_id
         self.state = SessionState.AWAITING_AUTH
@@ -113,7 +122,7 @@ class Session:
         self._bucket = TokenBucket(limits.frames_per_second, limits.frame_burst, now)
         self._rate_strikes = 0
         self._last_seen = now
-        self._timer: WheelTimer[Session] = wheel.schedule(self, limits.auth_timeout, now)
+        wheel.reset(self, limits.auth_timeout, now)
 
     # Input from the connection.
 
@@ -134,7 +143,7 @@ class Session:
         self._rate_strikes = 0
         self._last_seen = now
         if self.state is SessionState.OPEN:
-            self._wheel.reset(self._timer, self._limits.idle_timeout, now)
+            self._wheel.reset(self, self._limits.idle_timeout, now)
         request_id: str | None = None
         try:
             frame = codec.decode_frame(payload, is_binary)
@@ -152,7 +161,7 @@ class Session:
         """Count transport-level traffic (WebSocket ping or pong) as a sign of life."""
         self._last_seen = now
         if self.state is SessionState.OPEN:
-            self._wheel.reset(self._timer, self._limits.idle_timeout, now)
+            self._wheel.reset(self, self._limits.idle_timeout, now)
 
     def deadline_passed(self, now: float) -> None:
         """The wheel says this session's timer ran out: auth deadline, idle timeout or close timeout."""
@@ -169,7 +178,7 @@ class Session:
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
-        self._wheel.cancel(self._timer)
+        self._wheel.cancel(self)
         if self.identity is not None:
             self._observer.session_closed(self)
             d = self._logic.disconnect(self.identity, self.gateway_id, self.session_id)
@@ -190,7 +199,7 @@ class Session:
         if self.state in _ENDING:
             return
         self.state = SessionState.CLOSING
-        self._wheel.reset(self._timer, self._limits.close_timeout, self._last_seen)
+        self._wheel.reset(self, self._limits.close_timeout, self._last_seen)
         self._transport.close(code, reason)
 
     @property
@@ -242,7 +251,7 @@ class Session:
         self.identity = identity
         self.state = SessionState.OPEN
         self._observer.session_opened(self)
-        self._wheel.reset(self._timer, self._limits.idle_timeout, self._last_seen)
+        self._wheel.reset(self, self._limits.idle_timeout, self._last_seen)
         body: dict[str, Any] = {
             "user_id": identity.user_id,
             "username": identity.username,

@@ -178,8 +178,17 @@ class SplitProcessesTests(ProcessTestCase):
     def test_two_users_chat_across_grpc_then_drain(self) -> Generator[Deferred[Any], Any, None]:
         logic = self.spawn(
             "logic",
-            ["gochat-logic", "--grpc-listen", "127.0.0.1:0", "--data-dir", os.path.join(self.workdir, "logic"),
-             "--database", "", "--broker", "none"],
+            [
+                "gochat-logic",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                os.path.join(self.workdir, "logic"),
+                "--database",
+                "",
+                "--broker",
+                "none",
+            ],
         )
         grpc_port = yield logic.wait_for_port(LOGIC_LISTENING)
         gateway = self.spawn(

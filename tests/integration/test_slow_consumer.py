@@ -113,7 +113,9 @@ class SlowConsumerTests(TestCase):
         await endpoint.connect(Factory.forProtocol(lambda: client))
         await client.upgraded
         client.transport.write(  # type: ignore[union-attr]
-            masked_text_frame(json.dumps({"v": 1, "type": "auth", "id": "a", "body": {"token": "alice-token"}}).encode())
+            masked_text_frame(
+                json.dumps({"v": 1, "type": "auth", "id": "a", "body": {"token": "alice-token"}}).encode()
+            )
         )
         while not hub.sessions:
             await deferLater(reactor, 0.01, lambda: None)
