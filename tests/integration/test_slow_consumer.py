@@ -28,7 +28,7 @@ from gochat.gateway.session import SessionLimits
 from gochat.gateway.websocket import GatewayFactory, GatewayWebSocketResource
 from gochat.model import Delivery, StoredMessage
 
-from ..fakes import ScriptedLogic
+from tests.fakes import ScriptedLogic
 
 BACKLOG_LIMIT = 64 * 1024
 
