@@ -27,7 +27,6 @@ from gochat.gateway.hub import GatewayHub
 from gochat.gateway.session import SessionLimits
 from gochat.gateway.websocket import GatewayFactory, GatewayWebSocketResource
 from gochat.model import Delivery, StoredMessage
-
 from tests.fakes import ScriptedLogic
 
 BACKLOG_LIMIT = 64 * 1024
