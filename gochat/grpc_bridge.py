@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import grpc
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.interfaces import IReactorFromThreads, IReactorThreads
 from twisted.internet.threads import blockingCallFromThread, deferToThreadPool
 from twisted.logger import Logger
@@ -290,9 +290,10 @@ class LogicServicer(pb_grpc.LogicServicer):
                 return
             pending.put(delivery)
 
-        subscription = blockingCallFromThread(
-            self._reactor,
-            self._logic.deliveries.subscribe,
+        subscription = self._run(
+            context,
+            _subscribe,
+            self._logic.deliveries,
             request.gateway_id,
             enqueue,
         )
@@ -310,6 +311,11 @@ class LogicServicer(pb_grpc.LogicServicer):
             self._reactor.callFromThread(subscription.cancel)
         if overflowed.is_set():
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "delivery stream overflowed; resubscribe")
+
+
+def _subscribe(bus: Any, gateway_id: str, handler: Callable[[Delivery], None]) -> Deferred[Any]:
+    """Subscribe on the reactor thread, a refusal included, as a Deferred for :meth:`LogicServicer._run`."""
+    return maybeDeferred(bus.subscribe, gateway_id, handler)
 
 
 class GrpcServerService(Service):

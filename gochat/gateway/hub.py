@@ -27,6 +27,13 @@ from gochat.wheel import HashedWheel
 _log = Logger()
 
 
+class DeliverySource(Protocol):
+    """Where a gateway's deliveries come from: logic's stream, or the gateway's own broker queue."""
+
+    def subscribe(self, gateway_id: str, handler: Callable[[Delivery], None]) -> Subscription:
+        """Call *handler* with every delivery addressed to *gateway_id*, in order."""
+
+
 class FramedConnection(SessionTransport, Protocol):
     """A session's socket that can also take a frame prepared once for many sockets."""
 
@@ -46,7 +53,9 @@ class GatewayHub:
         prepare: Callable[[bytes], object],
         wheel_tick: float = 0.5,
         wheel_slots: int = 512,
+        deliveries: DeliverySource | None = None,
     ) -> None:
+        self._deliveries: DeliverySource = deliveries if deliveries is not None else logic
         self.gateway_id = gateway_id
         self.logic = logic
         self._clock = clock
@@ -63,8 +72,8 @@ class GatewayHub:
         self._drain_waiters: list[Deferred[None]] = []
 
     def start(self) -> None:
-        """Begin taking deliveries from logic."""
-        self._subscription = self.logic.subscribe(self.gateway_id, self.deliver)
+        """Begin taking deliveries: from this gateway's broker queue, or from logic itself."""
+        self._subscription = self._deliveries.subscribe(self.gateway_id, self.deliver)
 
     def stop(self) -> None:
         """Stop taking deliveries and close every session with the "reconnect elsewhere" code."""

@@ -49,6 +49,7 @@ class GatewayConfig:
     max_backlog_bytes: int = 1 << 20
     wheel_tick: float = 0.5
     wheel_slots: int = 512
+    broker: str | None = None
     embedded_logic: logic_service.LogicConfig = field(
         default_factory=lambda: logic_service.LogicConfig(grpc_listen=None)
     )
@@ -120,6 +121,14 @@ def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None
             client = GrpcLogicClient(config.logic, reactor)
             _ClientCloser(client).setServiceParent(top)
             logic = client
+    deliveries: Any = None
+    if config.broker is not None:
+        from gochat.logic.amqp import AmqpBus
+        from gochat.logic.amqp_delivery import AmqpDeliveryBus, gateway_queue_spec
+
+        bus = AmqpBus(reactor, logic_service.amqp_settings(config.broker), [gateway_queue_spec(config.gateway_id)])
+        bus.setServiceParent(top)
+        deliveries = AmqpDeliveryBus(bus)
     factory = GatewayFactory(reactor, config.public_url, config.max_frame_bytes, config.max_backlog_bytes)
     hub = GatewayHub(
         config.gateway_id,
@@ -129,6 +138,7 @@ def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None
         prepare=factory.prepare,
         wheel_tick=config.wheel_tick,
         wheel_slots=config.wheel_slots,
+        deliveries=deliveries,
     )
     factory.hub = hub
     heartbeat = TimerService(config.wheel_tick, hub.tick)

@@ -35,6 +35,13 @@ class Options(usage.Options):
             "'embedded' to run logic in this process on SQLite, or host:port of a gochat-logic gRPC server.",
         ],
         ["gateway-id", None, None, "Unique id of this gateway (default: hostname-pid)."],
+        [
+            "broker",
+            None,
+            "none",
+            "amqp://user:password@host:port/vhost to take deliveries from this gateway's own queue "
+            "(needed when logic runs with a broker), or 'none' to take them from logic.",
+        ],
         ["data-dir", None, "gochat-data", "Embedded logic only: directory for the database and token secret."],
         ["auth-timeout", None, 10.0, "Seconds a connection may take to authenticate.", float],
         ["idle-timeout", None, 60.0, "Seconds without a frame before a session is closed.", float],
@@ -67,6 +74,7 @@ def config_from_options(options: Options) -> GatewayConfig:
         public_url=options["public-url"],
         logic=options["logic"],
         gateway_id=options["gateway-id"] or default_gateway_id(),
+        broker=None if options["broker"] in ("", "none") else options["broker"],
         limits=limits,
         max_frame_bytes=options["max-frame-bytes"],
         max_backlog_bytes=options["max-backlog-bytes"],

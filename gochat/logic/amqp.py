@@ -225,6 +225,11 @@ class AmqpBus(Service):
             clock=reactor,
         )
 
+    @property
+    def declared_queues(self) -> frozenset[str]:
+        """The names of the queues this bus declares on every connection."""
+        return frozenset(spec.name for spec in self._queues)
+
     # IService.
 
     def startService(self) -> None:

@@ -89,7 +89,17 @@ class AmqpDeliveryBus:
         return failure
 
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> _Subscription:
-        """Consume *gateway_id*'s queue (which the gateway's bus must declare, see :func:`gateway_queue_spec`)."""
+        """Consume *gateway_id*'s queue, which this bus must declare (see :func:`gateway_queue_spec`).
+
+        Raises ``bad_request`` otherwise: a logic process asked to stream a
+        gateway's deliveries over gRPC while it delivers through the broker
+        means the gateway was started without ``--broker``.
+        """
+        if gateway_queue(gateway_id) not in self._bus.declared_queues:
+            raise GochatError(
+                ErrorCode.BAD_REQUEST,
+                f"deliveries for {gateway_id} go through the broker: start that gateway with --broker",
+            )
         consumer: Consumer | None = None
 
         def received(message: BrokerMessage) -> None:

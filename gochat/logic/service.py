@@ -22,7 +22,7 @@ from gochat.lifecycle import StopInReverse
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.chat import ChatLogic, ChatSettings, PasswordHasher
 from gochat.logic.delivery import Deliverer
-from gochat.logic.interfaces import IAccountStore, IMessageStore, IPersistQueue
+from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, IPersistQueue
 from gochat.logic.memory import InMemoryDeliveryBus, InMemoryRouteStore
 from gochat.logic.passwords import ScryptCost, hash_password, verify_password
 from gochat.logic.persist import PersistService, PersistWorker
@@ -113,16 +113,16 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
     """Compose the logic role on *reactor* (which provides time, threads and thread hand-off)."""
     stores = _stores(config, reactor)
     routes = InMemoryRouteStore()
-    deliveries = InMemoryDeliveryBus()
-    deliverer = Deliverer(routes, deliveries)
+    deliveries: IDeliveryBus = InMemoryDeliveryBus()
     children: list[Service] = [stores.service]
     persist: IPersistQueue
     if config.broker is None:
+        deliverer = Deliverer(routes, deliveries)
         worker: PersistWorker[None] = PersistWorker(stores.messages, reactor, config.batch, deliverer.batch_committed)
         children.append(PersistService(worker))
         persist = worker
     else:
-        from gochat.logic import amqp, broker_persist
+        from gochat.logic import amqp, amqp_delivery, broker_persist
 
         reply_queue = f"gochat.reply.{config.node_id}.{uuid.uuid4().hex[:12]}"
         bus = amqp.AmqpBus(
@@ -130,6 +130,8 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
             amqp_settings(config.broker),
             [broker_persist.persist_queue_spec(config.persist_queue), broker_persist.reply_queue_spec(reply_queue)],
         )
+        deliveries = amqp_delivery.AmqpDeliveryBus(bus)
+        deliverer = Deliverer(routes, deliveries)
         consumer = broker_persist.BrokerPersistConsumer(
             bus,
             stores.messages,
