@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import uuid
 from collections.abc import Generator
 from typing import Any
 
@@ -26,6 +29,7 @@ from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.trial.unittest import TestCase
 
 from gochat.errors import CLOSE_SHUTTING_DOWN
+from tests.integration.services import require_service
 from tests.integration.support import (
     GATEWAY_LISTENING,
     LOGIC_LISTENING,
@@ -198,3 +202,74 @@ class SplitProcessesTests(ProcessTestCase):
         port = yield gateway.wait_for_port(GATEWAY_LISTENING)
         alice, bob = yield self.chat_both_ways(port)
         yield self.drain(gateway, [alice, bob], logic)
+
+
+class ProductionProcessesTests(ProcessTestCase):
+    """Production mode: MariaDB, the RabbitMQ persist queue and per-gateway delivery queues."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        require_service("MariaDB", "127.0.0.1", 3306)
+        require_service("RabbitMQ", "127.0.0.1", 5672)
+        self.database = f"gochat_proc_{uuid.uuid4().hex[:12]}"
+        subprocess.run(
+            [sys.executable, "-m", "gochat.logic.migrate", "--database", self.database],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        self.addCleanup(self.drop_database)
+
+    def drop_database(self) -> None:
+        import pymysql
+
+        connection = pymysql.connect(host="127.0.0.1", user="root", password="")
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS `{self.database}`")
+        finally:
+            connection.close()
+
+    @inlineCallbacks
+    def test_two_users_chat_through_mariadb_and_rabbitmq(self) -> Generator[Deferred[Any], Any, None]:
+        queue = f"test.{uuid.uuid4().hex[:12]}.persist"
+        self.addCleanup(subprocess.run, ["rabbitmqctl", "-q", "delete_queue", queue], capture_output=True, timeout=30)
+        logic = self.spawn(
+            "logic",
+            [
+                "gochat-logic",
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+                os.path.join(self.workdir, "logic"),
+                "--database",
+                f"mysql://root@127.0.0.1:3306/{self.database}",
+                "--persist-queue",
+                queue,
+            ],
+        )
+        grpc_port = yield logic.wait_for_port(LOGIC_LISTENING)
+        gateway = self.spawn(
+            "gateway",
+            [
+                "gochat-gateway",
+                "--logic",
+                f"127.0.0.1:{grpc_port}",
+                "--broker",
+                "amqp://guest:guest@127.0.0.1:5672/",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+            ],
+        )
+        port = yield gateway.wait_for_port(GATEWAY_LISTENING)
+        alice, bob = yield self.chat_both_ways(port)
+        yield self.drain(gateway, [alice, bob], logic)
+        import pymysql
+
+        connection = pymysql.connect(host="127.0.0.1", user="root", password="", database=self.database)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT conv, seq FROM messages ORDER BY seq")
+                self.assertEqual([seq for _conv, seq in cursor.fetchall()], [1, 2, 3])
+        finally:
+            connection.close()
