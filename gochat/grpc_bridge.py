@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -35,7 +35,16 @@ from twisted.python.failure import Failure
 from gochat.errors import ErrorCode, GochatError
 from gochat.gateway.logic_client import DeliveryHandler
 from gochat.logic.chat import ChatLogic
-from gochat.model import Ack, Delivery, Identity, LoginResult, SendCommand, StoredMessage
+from gochat.model import (
+    Ack,
+    ConversationSync,
+    Delivery,
+    Identity,
+    LoginResult,
+    SendCommand,
+    StoredMessage,
+    SyncResult,
+)
 from gochat.v1 import logic_pb2 as pb
 from gochat.v1 import logic_pb2_grpc as pb_grpc
 
@@ -67,6 +76,29 @@ def message_from_pb(message: pb.Message) -> StoredMessage:
         client_msg_id=message.client_msg_id,
         body=message.body,
         ts=message.ts,
+    )
+
+
+def sync_to_pb(result: SyncResult) -> pb.SyncReply:
+    return pb.SyncReply(
+        conversations=[
+            pb.ConversationSync(
+                conv=c.conv,
+                last_seq=c.last_seq,
+                messages=[message_to_pb(m) for m in c.messages],
+                complete=c.complete,
+            )
+            for c in result.conversations
+        ]
+    )
+
+
+def sync_from_pb(reply: pb.SyncReply) -> SyncResult:
+    return SyncResult(
+        tuple(
+            ConversationSync(c.conv, c.last_seq, tuple(message_from_pb(m) for m in c.messages), c.complete)
+            for c in reply.conversations
+        )
     )
 
 
@@ -198,6 +230,14 @@ class GrpcLogicClient:
             lambda reply: Ack(reply.client_msg_id, reply.msg_id, reply.conv, reply.seq, reply.ts),
         )
 
+    def sync(self, user_id: int, since: Mapping[str, int] | None, limit: int) -> Deferred[SyncResult]:
+        request = pb.SyncRequest(user_id=user_id, since=dict(since or {}), has_since=since is not None, limit=limit)
+        return self._call(self._stub.Sync, request, sync_from_pb)
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        request = pb.RecordReceivedRequest(user_id=user_id, conv=conv, seq=seq)
+        return self._call(self._stub.RecordReceived, request, lambda reply: None)
+
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> _StreamSubscription:
         subscription = _StreamSubscription(self._stub, self._reactor, gateway_id, handler, retry_max=5.0)
         self._subscriptions.append(subscription)
@@ -265,6 +305,17 @@ class LogicServicer(pb_grpc.LogicServicer):
         )
         ack = self._run(context, self._logic.send, command)
         return pb.SendReply(client_msg_id=ack.client_msg_id, msg_id=ack.msg_id, conv=ack.conv, seq=ack.seq, ts=ack.ts)
+
+    def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncReply:
+        since = dict(request.since) if request.has_since else None
+        result = self._run(context, self._logic.sync, request.user_id, since, request.limit)
+        return sync_to_pb(result)
+
+    def RecordReceived(
+        self, request: pb.RecordReceivedRequest, context: grpc.ServicerContext
+    ) -> pb.RecordReceivedReply:
+        self._run(context, self._logic.record_received, request.user_id, request.conv, request.seq)
+        return pb.RecordReceivedReply()
 
     def Deliveries(self, request: pb.DeliveriesRequest, context: grpc.ServicerContext) -> Iterator[pb.Delivery]:
         """Stream the gateway's deliveries until it hangs up.

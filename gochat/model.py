@@ -96,3 +96,29 @@ class Delivery:
     gateway_id: str
     session_ids: tuple[str, ...]
     message: StoredMessage
+
+
+@dataclass(frozen=True)
+class ConversationSync:
+    """What a reconnecting client missed in one conversation.
+
+    ``messages`` follow the client's position in seq order; ``complete``
+    says they reach ``last_seq``, the conversation's newest seq when the sync
+    was read (else the client syncs again from the last one it got).
+    """
+
+    conv: str
+    last_seq: int
+    messages: tuple[StoredMessage, ...]
+    complete: bool
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """Every conversation in which the client is behind; ``complete`` if each of them is."""
+
+    conversations: tuple[ConversationSync, ...]
+
+    @property
+    def complete(self) -> bool:
+        return all(c.complete for c in self.conversations)

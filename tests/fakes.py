@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 
 from gochat.errors import ErrorCode, GochatError
 from gochat.gateway.logic_client import DeliveryHandler
-from gochat.model import Ack, Identity, LoginResult, SendCommand
+from gochat.model import Ack, Identity, LoginResult, SendCommand, SyncResult
 
 
 class RecordingTransport:
@@ -52,6 +53,8 @@ class ScriptedLogic:
         self.disconnected: list[tuple[Identity, str, str]] = []
         self.sends: list[tuple[SendCommand, Deferred[Ack]]] = []
         self.pending_connects: list[Deferred[Identity]] | None = None
+        self.syncs: list[tuple[int, Mapping[str, int] | None, int, Deferred[SyncResult]]] = []
+        self.received: list[tuple[int, str, int]] = []
         self.subscriptions: list[tuple[str, DeliveryHandler]] = []
 
     def register(self, username: str, password: str) -> Deferred[int]:
@@ -81,6 +84,15 @@ class ScriptedLogic:
         d: Deferred[Ack] = Deferred()
         self.sends.append((command, d))
         return d
+
+    def sync(self, user_id: int, since: Mapping[str, int] | None, limit: int) -> Deferred[SyncResult]:
+        d: Deferred[SyncResult] = Deferred()
+        self.syncs.append((user_id, since, limit, d))
+        return d
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        self.received.append((user_id, conv, seq))
+        return succeed(None)
 
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> _Unsubscribe:
         entry = (gateway_id, handler)

@@ -338,3 +338,45 @@ class EncodeTests(SynchronousTestCase):
             },
         )
         self.assertEqual(int(json.loads(data)["body"]["msg_id"]), message.msg_id)
+
+
+class ResumeRequestTests(SynchronousTestCase):
+    """``sync`` and ``recv_ack`` bodies."""
+
+    def parse(self, frame_type: str, body: dict[str, Any]) -> object:
+        from gochat.gateway.codec import Frame, parse_request
+
+        return parse_request(Frame(frame_type, "r", body), 8192)
+
+    def refused(self, frame_type: str, body: dict[str, Any]) -> ErrorCode:
+        with self.assertRaises(GochatError) as caught:
+            self.parse(frame_type, body)
+        return caught.exception.code
+
+    def test_sync(self) -> None:
+        """since is optional; limit defaults to 200; seqs are non-negative ints."""
+        from gochat.gateway.codec import SyncRequest
+
+        self.assertEqual(self.parse("sync", {}), SyncRequest(None, 200))
+        self.assertEqual(self.parse("sync", {"since": {"d:1:2": 4}, "limit": 7}), SyncRequest({"d:1:2": 4}, 7))
+        for bad in (
+            {"limit": 0},
+            {"limit": 1001},
+            {"limit": True},
+            {"since": []},
+            {"since": {"d:1:2": -1}},
+            {"since": {"d:1:2": 1.5}},
+            {"since": {"d:1:2": True}},
+            {"since": {"": 1}},
+            {"since": {"x" * 129: 1}},
+            {"since": {"\ud800": 1}},
+        ):
+            self.assertEqual(self.refused("sync", bad), ErrorCode.BAD_REQUEST, bad)
+
+    def test_recv_ack(self) -> None:
+        """recv_ack needs a conversation and a non-negative integer seq."""
+        from gochat.gateway.codec import RecvAckRequest
+
+        self.assertEqual(self.parse("recv_ack", {"conv": "d:1:2", "seq": 0}), RecvAckRequest("d:1:2", 0))
+        for bad in ({"conv": "d:1:2"}, {"seq": 1}, {"conv": "d:1:2", "seq": "3"}, {"conv": "", "seq": 1}):
+            self.assertEqual(self.refused("recv_ack", bad), ErrorCode.BAD_REQUEST, bad)

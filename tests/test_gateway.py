@@ -49,8 +49,9 @@ def build_logic(
 ) -> ChatLogic:
     """ChatLogic on in-memory stores with cheap password hashing, wired as the embedded default is."""
     routes, bus = InMemoryRouteStore(), InMemoryDeliveryBus()
+    messages = messages if messages is not None else InMemoryMessageStore()
     worker: PersistWorker[None] = PersistWorker(
-        messages if messages is not None else InMemoryMessageStore(),
+        messages,
         clock,
         BatchPolicy(max_batch=10, max_delay=0.005, max_pending=max_pending),
         Deliverer(routes, bus).batch_committed,
@@ -58,6 +59,7 @@ def build_logic(
     return ChatLogic(
         accounts=accounts if accounts is not None else InMemoryAccountStore(),
         persist=worker,
+        messages=messages,
         routes=routes,
         deliveries=bus,
         tokens=TokenSigner(b"k" * 32),
@@ -300,3 +302,71 @@ class TimerTests(GatewayTestCase):
         self.assertEqual((alice.close_code, bob.close_code), (errors.CLOSE_SHUTTING_DOWN, errors.CLOSE_SHUTTING_DOWN))
         self.assertEqual(self.hub.live_sessions, 0)
         self.assertTrue(self.hub.when_drained().called)
+
+
+class ResumeTests(GatewayTestCase):
+    def test_offline_user_gets_all_missed_messages_once_in_order(self) -> None:
+        """100 messages sent while bob is away all come back on sync, in seq order, once, flagged complete."""
+        self.user("bob")
+        alice = self.login("alice")
+        for i in range(100):
+            alice.send_json("send", {"client_msg_id": f"m{i}", "to": "bob", "body": f"n{i}"}, str(i))
+            if i % 20 == 19:
+                self.settle()
+        self.settle()
+        self.assertEqual(len(alice.received), 100)
+        bob = self.login("bob")
+        bob.send_json("sync", {}, "y")
+        self.flush()
+        reply = bob.pop()
+        self.assertEqual((reply["type"], reply["body"]["complete"]), ("sync_ok", True))
+        (conv,) = reply["body"]["convs"]
+        self.assertEqual([m["seq"] for m in conv["messages"]], list(range(1, 101)))
+        self.assertEqual([m["body"] for m in conv["messages"]], [f"n{i}" for i in range(100)])
+        self.assertEqual(bob.received, [])
+
+        bob.send_json("recv_ack", {"conv": conv["conv"], "seq": 100}, "k")
+        self.flush()
+        self.assertEqual(bob.pop()["type"], "recv_ack_ok")
+        other_device = self.login("bob")
+        other_device.send_json("sync", {}, "y2")
+        self.flush()
+        self.assertEqual(other_device.pop()["body"], {"complete": True, "convs": []})
+
+    def test_sync_in_pages(self) -> None:
+        """With a limit, sync says it is incomplete; the client continues from the last seq it got."""
+        self.user("bob")
+        alice = self.login("alice")
+        for i in range(25):
+            alice.send_json("send", {"client_msg_id": f"m{i}", "to": "bob", "body": "x"}, str(i))
+        self.settle()
+        bob = self.login("bob")
+        got: list[int] = []
+        since: dict[str, int] = {}
+        for _ in range(5):
+            bob.send_json("sync", {"since": since, "limit": 10}, "y")
+            self.flush()
+            body = bob.pop()["body"]
+            for conv in body["convs"]:
+                got += [m["seq"] for m in conv["messages"]]
+                since[conv["conv"]] = conv["messages"][-1]["seq"]
+            if body["complete"]:
+                break
+        self.assertEqual(got, list(range(1, 26)))
+
+    def test_cannot_sync_or_ack_other_peoples_conversations(self) -> None:
+        """Naming someone else's conversation in since or recv_ack reveals and changes nothing."""
+        self.user("bob")
+        alice = self.login("alice")
+        alice.send_json("send", {"client_msg_id": "secret", "to": "bob", "body": "for bob only"}, "s")
+        self.settle()
+        carol = self.login("carol")
+        carol.send_json("sync", {"since": {"d:1:2": 0}}, "y")
+        carol.send_json("recv_ack", {"conv": "d:1:2", "seq": 1}, "k")
+        self.flush()
+        self.assertEqual(carol.pop()["body"], {"complete": True, "convs": []})
+        self.assertEqual(carol.pop()["type"], "recv_ack_ok")
+        bob = self.login("bob")
+        bob.send_json("sync", {}, "y")
+        self.flush()
+        self.assertEqual(len(bob.pop()["body"]["convs"][0]["messages"]), 1)

@@ -10,7 +10,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gochat import errors
 from gochat.errors import ErrorCode, GochatError
 from gochat.gateway.session import Session, SessionLimits, SessionState
-from gochat.model import Ack, Identity
+from gochat.model import Ack, ConversationSync, Identity, StoredMessage, SyncResult
 from gochat.wheel import HashedWheel
 
 from .fakes import RecordingTransport, ScriptedLogic
@@ -312,3 +312,65 @@ class BadInputTests(SessionTestCase):
         self.clock.advance(1.0)
         self.receive(frame("ping", request_id="later"))
         self.assertEqual(self.transport.pop()["type"], "pong")
+
+
+def stored(seq: int, conv: str = "d:1:2") -> StoredMessage:
+    return StoredMessage(5000 + seq, conv, seq, 2, "bob", f"m{seq}", f"text {seq}", 1000 + seq)
+
+
+class SyncTests(SessionTestCase):
+    def test_sync_reply_then_held_pushes_in_order(self) -> None:
+        """Pushes arriving during a sync wait, then follow the reply, minus those it already carried."""
+        self.authenticate()
+        self.receive(frame("sync", {"since": {"d:1:2": 3}, "limit": 50}, "y1"))
+        user_id, since, limit, d = self.logic.syncs[0]
+        self.assertEqual((user_id, since, limit), (1, {"d:1:2": 3}, 50))
+        self.assertTrue(self.session.holding_pushes)
+        for seq in (5, 6, 7):
+            self.session.hold(stored(seq))
+        self.session.hold(stored(1, conv="d:1:3"))
+        self.assertEqual(self.transport.frames, [])
+        d.callback(SyncResult((ConversationSync("d:1:2", 5, (stored(4), stored(5)), True),)))
+        reply = self.transport.pop()
+        self.assertEqual((reply["type"], reply["id"], reply["body"]["complete"]), ("sync_ok", "y1", True))
+        self.assertEqual([m["seq"] for m in reply["body"]["convs"][0]["messages"]], [4, 5])
+        pushes = [(f["body"]["conv"], f["body"]["seq"]) for f in self.transport.frames]
+        self.assertEqual(pushes, [("d:1:2", 6), ("d:1:2", 7), ("d:1:3", 1)])
+        self.assertFalse(self.session.holding_pushes)
+
+    def test_incomplete_conversation_drops_held_pushes(self) -> None:
+        """Held pushes of a conversation the sync did not bring up to date are left to the next sync."""
+        self.authenticate()
+        self.receive(frame("sync", {}, "y1"))
+        d = self.logic.syncs[0][3]
+        self.session.hold(stored(40))
+        d.callback(SyncResult((ConversationSync("d:1:2", 39, (stored(1), stored(2)), False),)))
+        reply = self.transport.pop()
+        self.assertEqual(reply["body"]["complete"], False)
+        self.assertEqual(self.transport.frames, [])
+
+    def test_one_sync_at_a_time(self) -> None:
+        """A second sync while one runs is refused; a failed sync releases what it held."""
+        self.authenticate()
+        self.receive(frame("sync", {}, "y1"))
+        self.receive(frame("sync", {}, "y2"))
+        self.assertEqual(self.transport.pop()["body"]["code"], "bad_request")
+        self.session.hold(stored(9))
+        self.logic.syncs[0][3].errback(GochatError(ErrorCode.UNAVAILABLE, "store down"))
+        self.assertEqual(self.transport.pop()["body"]["code"], "unavailable")
+        self.assertEqual(self.transport.pop()["body"]["seq"], 9)
+
+    def test_recv_ack(self) -> None:
+        """recv_ack records the cumulative seq and answers only when it has an id."""
+        self.authenticate()
+        self.receive(frame("recv_ack", {"conv": "d:1:2", "seq": 7}))
+        self.receive(frame("recv_ack", {"conv": "d:1:2", "seq": 9}, "k"))
+        self.assertEqual(self.logic.received, [(1, "d:1:2", 7), (1, "d:1:2", 9)])
+        self.assertEqual(self.transport.frames, [{"v": 1, "type": "recv_ack_ok", "id": "k", "body": {}}])
+
+    def test_sync_needs_auth(self) -> None:
+        """sync and recv_ack before auth are refused."""
+        self.receive(frame("sync", {}, "y"))
+        self.receive(frame("recv_ack", {"conv": "d:1:2", "seq": 1}, "k"))
+        self.assertEqual([f["body"]["code"] for f in self.transport.frames], ["not_authenticated"] * 2)
+        self.assertEqual((self.logic.syncs, self.logic.received), ([], []))

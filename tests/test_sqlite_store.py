@@ -12,6 +12,7 @@ from gochat.logic import sqlite_store
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.interfaces import StaleSequenceError
 from gochat.logic.persist import Committed, PersistWorker
+from gochat.logic.sequencing import participants
 from gochat.logic.sqlite_store import SqliteAccountStore, SqliteMessageStore, SqliteStoreService, connect_pool
 from gochat.model import PersistRequest
 
@@ -25,7 +26,7 @@ def request(n: int, cmid: str | None = None, conv: str = "d:1:2") -> PersistRequ
         client_msg_id=cmid or f"m{n}",
         body=f"body {n} \N{GRINNING FACE}",
         ts=1_700_000_000_000 + n,
-        participants=(1, 2),
+        participants=participants(conv),
         origin_gateway="gw",
         origin_session="s",
     )
@@ -117,7 +118,7 @@ class SqliteStoreTests(TestCase):
         connection = sqlite3.connect(self.path)
         self.addCleanup(connection.close)
         versions = connection.execute("SELECT version FROM schema_version").fetchall()
-        self.assertEqual(versions, [(sqlite_store.SCHEMA_VERSION,)])
+        self.assertEqual(versions, [(v,) for v in range(1, sqlite_store.SCHEMA_VERSION + 1)])
 
     async def test_newer_schema_is_refused(self) -> None:
         """A database from a newer gochat is refused at start, not silently used."""
@@ -136,3 +137,21 @@ class SqliteStoreTests(TestCase):
             await service.ready
         service.stopService()
         self.flushLoggedErrors(RuntimeError)
+
+    async def test_per_user_conversation_index(self) -> None:
+        """Each participant's index follows the newest seq; received cursors only rise, up to the newest."""
+        await self.start()
+        self.addCleanup(self.stop)
+        await gatherResults([self.worker.submit(request(n)) for n in range(1, 6)])
+        await self.worker.submit(request(6, conv="d:1:3"))
+        self.assertEqual(
+            [(c.conv, c.last_seq, c.acked_seq) for c in await self.messages.conversations(1)],
+            [("d:1:2", 5, 0), ("d:1:3", 1, 0)],
+        )
+        self.assertEqual([(c.conv, c.last_seq) for c in await self.messages.conversations(2)], [("d:1:2", 5)])
+        await self.messages.record_received(2, "d:1:2", 3)
+        await self.messages.record_received(2, "d:1:2", 1)
+        await self.messages.record_received(2, "d:1:2", 99)
+        await self.messages.record_received(2, "d:1:3", 1)
+        self.assertEqual([(c.conv, c.acked_seq) for c in await self.messages.conversations(2)], [("d:1:2", 5)])
+        self.assertEqual([m.seq for m in await self.messages.messages_after("d:1:2", 2, 2)], [3, 4])

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.model import Ack, StoredMessage
+from gochat.model import Ack, StoredMessage, SyncResult
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_ID_LENGTH = 64
@@ -59,7 +59,27 @@ class SendRequest:
     body: str
 
 
-Request = AuthRequest | PingRequest | SendRequest
+@dataclass(frozen=True)
+class SyncRequest:
+    """``sync``: what did I miss? ``since`` maps conversations to the last seq the client has."""
+
+    since: dict[str, int] | None
+    limit: int
+
+
+@dataclass(frozen=True)
+class RecvAckRequest:
+    """``recv_ack``: the client has every message of ``conv`` up to ``seq`` (cumulative)."""
+
+    conv: str
+    seq: int
+
+
+Request = AuthRequest | PingRequest | SendRequest | SyncRequest | RecvAckRequest
+DEFAULT_SYNC_LIMIT = 200
+MAX_SYNC_LIMIT = 1000
+MAX_SYNC_CONVERSATIONS = 10_000
+MAX_CONV_LENGTH = 128
 
 
 def decode_frame(payload: bytes, is_binary: bool) -> Frame:
@@ -134,7 +154,36 @@ def parse_request(frame: Frame, max_body_length: int) -> Request:
             to=_string(frame.body, "to", MAX_USERNAME_LENGTH),
             body=_string(frame.body, "body", max_body_length),
         )
+    if frame.type == "sync":
+        return _sync_request(frame.body)
+    if frame.type == "recv_ack":
+        return RecvAckRequest(_string(frame.body, "conv", MAX_CONV_LENGTH), _seq(frame.body.get("seq"), "seq"))
     raise GochatError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame.type!r}")
+
+
+def _seq(value: object, name: str) -> int:
+    if type(value) is not int or value < 0:
+        raise GochatError(ErrorCode.BAD_REQUEST, f"{name} must be an integer >= 0")
+    return value
+
+
+def _sync_request(body: dict[str, Any]) -> SyncRequest:
+    limit = body.get("limit", DEFAULT_SYNC_LIMIT)
+    if type(limit) is not int or not 1 <= limit <= MAX_SYNC_LIMIT:
+        raise GochatError(ErrorCode.BAD_REQUEST, f"limit must be an integer 1..{MAX_SYNC_LIMIT}")
+    raw = body.get("since")
+    if raw is None:
+        return SyncRequest(None, limit)
+    if not isinstance(raw, dict) or len(raw) > MAX_SYNC_CONVERSATIONS:
+        raise GochatError(
+            ErrorCode.BAD_REQUEST, f"since must map at most {MAX_SYNC_CONVERSATIONS} conversations to seqs"
+        )
+    since: dict[str, int] = {}
+    for conv, seq in raw.items():
+        if not 0 < len(conv) <= MAX_CONV_LENGTH or not is_encodable(conv):
+            raise GochatError(ErrorCode.BAD_REQUEST, f"bad conversation key in since: {conv[:40]!r}")
+        since[conv] = _seq(seq, f"since[{conv!r}]")
+    return SyncRequest(since, limit)
 
 
 def encode_frame(frame_type: str, body: dict[str, Any], request_id: str | None = None) -> bytes:
@@ -160,17 +209,33 @@ def encode_ack(ack: Ack, request_id: str | None) -> bytes:
     )
 
 
+def message_body(message: StoredMessage) -> dict[str, Any]:
+    """A stored message as clients see it, in ``push`` and ``sync_ok``."""
+    return {
+        "msg_id": str(message.msg_id),
+        "conv": message.conv,
+        "seq": message.seq,
+        "from": message.sender,
+        "client_msg_id": message.client_msg_id,
+        "body": message.body,
+        "ts": message.ts,
+    }
+
+
 def encode_push(message: StoredMessage) -> bytes:
     """The ``push`` frame carrying a stored message to a recipient."""
-    return encode_frame(
-        "push",
+    return encode_frame("push", message_body(message))
+
+
+def encode_sync(result: SyncResult, request_id: str | None) -> bytes:
+    """The ``sync_ok`` frame: every conversation the client is behind in, and whether each is recovered whole."""
+    convs = [
         {
-            "msg_id": str(message.msg_id),
-            "conv": message.conv,
-            "seq": message.seq,
-            "from": message.sender,
-            "client_msg_id": message.client_msg_id,
-            "body": message.body,
-            "ts": message.ts,
-        },
-    )
+            "conv": c.conv,
+            "last_seq": c.last_seq,
+            "complete": c.complete,
+            "messages": [message_body(m) for m in c.messages],
+        }
+        for c in result.conversations
+    ]
+    return encode_frame("sync_ok", {"complete": result.complete, "convs": convs}, request_id)

@@ -155,6 +155,9 @@ class GatewayHub:
             session = self.sessions.get(session_id)
             if session is None or not session.accepts_deliveries:
                 continue
+            if session.holding_pushes:
+                session.hold(delivery.message)
+                continue
             if prepared is None:
                 prepared = self._prepare(codec.encode_push(delivery.message))
                 self.frames_prepared += 1

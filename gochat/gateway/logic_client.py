@@ -10,12 +10,12 @@ calls a logic process over gRPC. Both return Deferreds and raise
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
-from gochat.model import Ack, Delivery, Identity, LoginResult, SendCommand
+from gochat.model import Ack, Delivery, Identity, LoginResult, SendCommand, SyncResult
 
 if TYPE_CHECKING:
     from gochat.logic.chat import ChatLogic
@@ -48,6 +48,12 @@ class ILogicClient(Protocol):
     def send(self, command: SendCommand) -> Deferred[Ack]:
         """Store a message; fires with the sender's ack once it is durable."""
 
+    def sync(self, user_id: int, since: Mapping[str, int] | None, limit: int) -> Deferred[SyncResult]:
+        """What the user missed, per conversation (see :meth:`ChatLogic.sync`)."""
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        """The user has every message of *conv* up to *seq*."""
+
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> Subscription:
         """Call *handler* with every delivery addressed to *gateway_id*, in order."""
 
@@ -73,6 +79,12 @@ class LocalLogicClient:
 
     def send(self, command: SendCommand) -> Deferred[Ack]:
         return self._logic.send(command)
+
+    def sync(self, user_id: int, since: Mapping[str, int] | None, limit: int) -> Deferred[SyncResult]:
+        return self._logic.sync(user_id, since, limit)
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        return self._logic.record_received(user_id, conv, seq)
 
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> Subscription:
         return self._logic.deliveries.subscribe(gateway_id, handler)

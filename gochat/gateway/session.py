@@ -32,7 +32,7 @@ from gochat import errors
 from gochat.errors import ErrorCode, GochatError
 from gochat.gateway import codec
 from gochat.gateway.logic_client import ILogicClient
-from gochat.model import Ack, Identity, SendCommand
+from gochat.model import Ack, Identity, SendCommand, StoredMessage, SyncResult
 from gochat.ratelimit import TokenBucket
 from gochat.wheel import HashedWheel, WheelTimer
 
@@ -63,6 +63,7 @@ class SessionLimits:
     frames_per_second: float = 50.0
     frame_burst: int = 100
     rate_strikes_before_close: int = 50
+    max_held_pushes: int = 10_000
 
 
 class SessionTransport(Protocol):
@@ -121,6 +122,7 @@ class Session(WheelTimer["Session"]):
         self._limits = limits
         self._bucket = TokenBucket(limits.frames_per_second, limits.frame_burst, now)
         self._rate_strikes = 0
+        self._held: list[StoredMessage] | None = None
         self._last_seen = now
         wheel.reset(self, limits.auth_timeout, now)
 
@@ -229,6 +231,10 @@ class Session(WheelTimer["Session"]):
             self._authenticate(request, request_id)
         elif self.state is not SessionState.OPEN:
             self._send_error(GochatError(ErrorCode.NOT_AUTHENTICATED, "send an auth frame first"), request_id)
+        elif isinstance(request, codec.SyncRequest):
+            self._sync(request, request_id)
+        elif isinstance(request, codec.RecvAckRequest):
+            self._recv_ack(request, request_id)
         else:
             self._send_message(request, request_id)
 
@@ -268,6 +274,54 @@ class Session(WheelTimer["Session"]):
         self._send_error(error, request_id)
         if error.wire.close_code is not None:
             self.close(error.wire.close_code, error.code.value)
+
+    # Resume.
+
+    @property
+    def holding_pushes(self) -> bool:
+        """Whether live pushes wait while a sync is answered, so a conversation never arrives out of order."""
+        return self._held is not None
+
+    def hold(self, message: StoredMessage) -> None:
+        """Keep a live push until the sync in progress has been answered."""
+        assert self._held is not None
+        if len(self._held) >= self._limits.max_held_pushes:
+            self.fail(GochatError(ErrorCode.SLOW_CONSUMER, "too many pushes while syncing; sync again"))
+            return
+        self._held.append(message)
+
+    def _sync(self, request: codec.SyncRequest, request_id: str | None) -> None:
+        if self._held is not None:
+            self._send_error(GochatError(ErrorCode.BAD_REQUEST, "a sync is already running"), request_id)
+            return
+        assert self.identity is not None
+        self._held = []
+        d = self._logic.sync(self.identity.user_id, request.since, request.limit)
+        d.addCallbacks(self._synced, self._sync_failed, callbackArgs=(request_id,), errbackArgs=(request_id,))
+
+    def _synced(self, result: SyncResult, request_id: str | None) -> None:
+        held, self._held = self._held or [], None
+        self._send(codec.encode_sync(result, request_id))
+        # Live pushes that arrived meanwhile follow, minus what the sync already carried; none for a
+        # conversation the sync did not bring up to date (the client syncs it again, in order).
+        reached = {c.conv: c.messages[-1].seq if c.messages else 0 for c in result.conversations}
+        behind = {c.conv for c in result.conversations if not c.complete}
+        for message in held:
+            if message.conv not in behind and message.seq > reached.get(message.conv, 0):
+                self._send(codec.encode_push(message))
+
+    def _sync_failed(self, failure: Failure, request_id: str | None) -> None:
+        held, self._held = self._held or [], None
+        self._send_error(self._as_error(failure), request_id)
+        for message in held:
+            self._send(codec.encode_push(message))
+
+    def _recv_ack(self, request: codec.RecvAckRequest, request_id: str | None) -> None:
+        assert self.identity is not None
+        d = self._logic.record_received(self.identity.user_id, request.conv, request.seq)
+        if request_id is not None:
+            d.addCallback(lambda _: self._send(codec.encode_frame("recv_ack_ok", {}, request_id)))
+        d.addErrback(self._send_failed, request_id)
 
     def _send_message(self, request: codec.SendRequest, request_id: str | None) -> None:
         assert self.identity is not None

@@ -100,7 +100,9 @@ class GatewayProtocol(WebSocketServerProtocol):
 
     def send_frame(self, data: bytes) -> None:
         if self.state == WebSocketProtocol.STATE_OPEN:
-            self.sendMessage(data, isBinary=False)
+            # One unfragmented text frame. Not sendMessage: Autobahn applies the *inbound* message size
+            # limit to what it sends too, and a sync reply may rightly be larger than any client frame.
+            self.sendFrame(opcode=1, payload=data)
             self._written(len(data))
 
     def send_prepared(self, prepared: object) -> None:

@@ -502,14 +502,24 @@ class AmqpBus(Service):
     def _cancel_failed(self, failure: Failure, session: _Session, consumer: Consumer) -> None:
         # The broker requeues what the consumer held when the channel or connection goes, so
         # there is nothing to undo; if the connection is still there, drop it to be sure.
+        reason = _expected_reason(failure) or failure.getErrorMessage()
+        if self._stopping or session.closing or session.closed:
+            # The connection closed (or is closing) under the cancel, e.g. a consumer cancelled while
+            # the bus stops: that ends the subscription too, and there is nothing left to drop.
+            _log.debug(
+                "the cancel of the consumer of queue {queue} ended with connection {generation} ({reason})",
+                queue=consumer.queue,
+                reason=reason,
+                generation=session.generation,
+            )
+            return
         _log.warn(
             "could not cancel the consumer of queue {queue} cleanly ({reason}); dropping connection {generation}",
             queue=consumer.queue,
-            reason=failure.getErrorMessage(),
+            reason=reason,
             generation=session.generation,
         )
-        if not session.closed:
-            session.protocol.transport.loseConnection()
+        session.protocol.transport.loseConnection()
 
     def _settle(self, consumer: Consumer, message: BrokerMessage, ack: bool, multiple: bool, requeue: bool) -> None:
         session = self._session

@@ -20,7 +20,7 @@ The send path keeps the delivery contract:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail
@@ -29,15 +29,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IPersistQueue, IRouteStore, Route
+from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, IPersistQueue, IRouteStore, Route
 from gochat.logic.sequencing import MessageIdGenerator, direct_conversation
 from gochat.logic.tokens import TokenSigner
-from gochat.model import Ack, Identity, LoginResult, PersistRequest, SendCommand
+from gochat.model import Ack, ConversationSync, Identity, LoginResult, PersistRequest, SendCommand, SyncResult
 
 _log = Logger()
 
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
 MIN_PASSWORD_LENGTH = 8
+MAX_SYNC_LIMIT = 1000
+MAX_CONV_LENGTH = 128
 MAX_PASSWORD_LENGTH = 256
 
 
@@ -103,6 +105,7 @@ class ChatLogic:
         self,
         accounts: IAccountStore,
         persist: IPersistQueue,
+        messages: IMessageStore,
         routes: IRouteStore,
         deliveries: IDeliveryBus,
         tokens: TokenSigner,
@@ -113,6 +116,7 @@ class ChatLogic:
     ) -> None:
         self.accounts = accounts
         self.persist = persist
+        self.messages = messages
         self.routes = routes
         self.deliveries = deliveries
         self._tokens = tokens
@@ -222,6 +226,38 @@ class ChatLogic:
                 f"client_msg_id {command.client_msg_id!r} was already used for another message",
             )
         return stored.ack()
+
+    # Resume.
+
+    def sync(self, user_id: int, since: Mapping[str, int] | None, limit: int) -> Deferred[SyncResult]:
+        """What *user_id* is missing, conversation by conversation, up to *limit* messages each.
+
+        A conversation the client names in *since* resumes after that seq;
+        any other resumes after the seq the user last acknowledged receiving
+        (so a client that lost its state resumes where its user left off).
+        Only the user's own conversations are read: naming another is ignored.
+        """
+        if not 1 <= limit <= MAX_SYNC_LIMIT:
+            return fail(GochatError(ErrorCode.BAD_REQUEST, f"limit must be 1..{MAX_SYNC_LIMIT}"))
+        return Deferred.fromCoroutine(self._sync(user_id, dict(since or {}), limit))
+
+    async def _sync(self, user_id: int, since: dict[str, int], limit: int) -> SyncResult:
+        states = await self.messages.conversations(user_id)
+        behind = []
+        for state in states:
+            start = max(0, since.get(state.conv, state.acked_seq))
+            if start >= state.last_seq:
+                continue
+            messages = await self.messages.messages_after(state.conv, start, limit)
+            complete = bool(messages) and messages[-1].seq >= state.last_seq
+            behind.append(ConversationSync(state.conv, state.last_seq, tuple(messages), complete))
+        return SyncResult(tuple(behind))
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        """The user has every message of *conv* up to *seq* (cumulative); sync resumes after it."""
+        if seq < 0 or not conv or len(conv) > MAX_CONV_LENGTH:
+            return fail(GochatError(ErrorCode.BAD_REQUEST, "recv_ack needs a conversation and a seq >= 0"))
+        return self.messages.record_received(user_id, conv, seq)
 
     async def _user_id(self, username: str) -> int:
         unknown = GochatError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")

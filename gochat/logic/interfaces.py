@@ -69,6 +69,24 @@ class IMessageStore(Protocol):
     def last_seq(self, conv: str) -> Deferred[int]:
         """The highest stored seq of *conv*, 0 if it has none."""
 
+    def conversations(self, user_id: int) -> Deferred[list[ConversationState]]:
+        """Every conversation *user_id* takes part in, kept up to date by :meth:`commit_batch`."""
+
+    def messages_after(self, conv: str, after_seq: int, limit: int) -> Deferred[list[StoredMessage]]:
+        """Up to *limit* messages of *conv* with seq above *after_seq*, in seq order."""
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        """Raise *user_id*'s acknowledged seq of *conv* to *seq* (never lower it, never past the last seq)."""
+
+
+@dataclass(frozen=True)
+class ConversationState:
+    """One of a user's conversations: its newest seq and the highest seq the user acknowledged receiving."""
+
+    conv: str
+    last_seq: int
+    acked_seq: int
+
 
 class StaleSequenceError(Exception):
     """A batch's seqs collided with stored ones: the writer's cache of last seqs is out of date."""

@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.interfaces import Account, DeliveryHandler, Route, StaleSequenceError
-from gochat.logic.sequencing import Assignment, assign_seqs
+from gochat.logic.interfaces import Account, ConversationState, DeliveryHandler, Route, StaleSequenceError
+from gochat.logic.sequencing import Assignment, assign_seqs, conversation_heads
 from gochat.model import Delivery, PersistRequest, StoredMessage
 
 _log = Logger()
@@ -124,6 +124,8 @@ class InMemoryMessageStore:
         self.messages: dict[int, StoredMessage] = {}
         self._by_client_id: dict[tuple[int, str], StoredMessage] = {}
         self._last_seq: dict[str, int] = {}
+        self._by_seq: dict[tuple[str, int], StoredMessage] = {}
+        self._heads: dict[tuple[int, str], tuple[int, int]] = {}
         self.batches = 0
 
     def commit_batch(
@@ -139,7 +141,11 @@ class InMemoryMessageStore:
         for message in assignment.new:
             self.messages[message.msg_id] = message
             self._by_client_id[(message.sender_id, message.client_msg_id)] = message
+            self._by_seq[(message.conv, message.seq)] = message
             self._last_seq[message.conv] = message.seq
+        for (user_id, conv), seq in conversation_heads(requests, assignment.new).items():
+            head, acked = self._heads.get((user_id, conv), (0, 0))
+            self._heads[(user_id, conv)] = (max(head, seq), acked)
         self.batches += 1
         return succeed(assignment)
 
@@ -148,3 +154,27 @@ class InMemoryMessageStore:
 
     def last_seq(self, conv: str) -> Deferred[int]:
         return succeed(self._last_seq.get(conv, 0))
+
+    def conversations(self, user_id: int) -> Deferred[list[ConversationState]]:
+        return succeed(
+            [
+                ConversationState(conv, last, acked)
+                for (uid, conv), (last, acked) in sorted(self._heads.items())
+                if uid == user_id
+            ]
+        )
+
+    def messages_after(self, conv: str, after_seq: int, limit: int) -> Deferred[list[StoredMessage]]:
+        found: list[StoredMessage] = []
+        seq = after_seq + 1
+        while len(found) < limit and (conv, seq) in self._by_seq:
+            found.append(self._by_seq[(conv, seq)])
+            seq += 1
+        return succeed(found)
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        head = self._heads.get((user_id, conv))
+        if head is not None:
+            last, acked = head
+            self._heads[(user_id, conv)] = (last, max(acked, min(seq, last)))
+        return succeed(None)

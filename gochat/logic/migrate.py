@@ -89,6 +89,29 @@ MIGRATIONS: list[Migration] = [
             ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}""",
         ),
     ),
+    Migration(
+        2,
+        "per-user conversation index with received cursors",
+        (
+            # One row per (user, conversation): its newest seq, kept by the
+            # persist worker in the storing transaction, and the highest seq
+            # the user acknowledged receiving. Sync reads a user's rows.
+            """CREATE TABLE IF NOT EXISTS user_convs (
+                user_id BIGINT UNSIGNED NOT NULL,
+                conv VARCHAR(128) NOT NULL,
+                last_seq BIGINT UNSIGNED NOT NULL,
+                acked_seq BIGINT UNSIGNED NOT NULL DEFAULT 0,
+                PRIMARY KEY (user_id, conv)
+            ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}""",
+            # Backfill from the messages stored before: a one-to-one key is d:<low>:<high>.
+            """INSERT IGNORE INTO user_convs (user_id, conv, last_seq, acked_seq)
+                SELECT CAST(SUBSTRING_INDEX(SUBSTRING_INDEX(conv, ':', 2), ':', -1) AS UNSIGNED), conv, MAX(seq), 0
+                FROM messages WHERE conv LIKE 'd:%' GROUP BY conv
+                UNION ALL
+                SELECT CAST(SUBSTRING_INDEX(conv, ':', -1) AS UNSIGNED), conv, MAX(seq), 0
+                FROM messages WHERE conv LIKE 'd:%' GROUP BY conv""",
+        ),
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -56,8 +56,8 @@ from twisted.python.failure import Failure
 from gochat.errors import ErrorCode, GochatError
 from gochat.logic import migrate
 from gochat.logic.batch_writer import BatchPolicy, BatchWriter
-from gochat.logic.interfaces import Account, StaleSequenceError
-from gochat.logic.sequencing import Assignment, assign_seqs
+from gochat.logic.interfaces import Account, ConversationState, StaleSequenceError
+from gochat.logic.sequencing import Assignment, assign_seqs, conversation_heads
 from gochat.model import PersistRequest, StoredMessage
 
 _log = Logger()
@@ -315,6 +315,12 @@ def _last_seqs(cursor: Any, convs: set[str]) -> dict[str, int]:
     return last
 
 
+_UPSERT_HEADS = (
+    "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq) VALUES (%s, %s, %s, 0)"
+    " ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq))"
+)
+
+
 class MysqlMessageStore:
     """:class:`~gochat.logic.interfaces.IMessageStore` on MySQL/MariaDB, written in batches."""
 
@@ -361,6 +367,8 @@ class MysqlMessageStore:
                     if error.args and error.args[0] == ER_DUP_ENTRY:
                         raise StaleSequenceError(str(error.args[-1])) from error
                     raise
+                heads = conversation_heads(batch, assignment.new)
+                cursor.executemany(_UPSERT_HEADS, [(uid, conv, seq) for (uid, conv), seq in sorted(heads.items())])
             return assignment
 
         return _interact(self._pool, commit)
@@ -405,6 +413,28 @@ class MysqlMessageStore:
             return int(cursor.fetchone()[0] or 0)
 
         return _read(self._pool, select, "last seq")
+
+    def conversations(self, user_id: int) -> Deferred[list[ConversationState]]:
+        def select(cursor: Any) -> list[ConversationState]:
+            cursor.execute(
+                "SELECT conv, last_seq, acked_seq FROM user_convs WHERE user_id = %s ORDER BY conv", (user_id,)
+            )
+            return [ConversationState(conv, int(last), int(acked)) for conv, last, acked in cursor.fetchall()]
+
+        return _read(self._pool, select, "conversation list")
+
+    def messages_after(self, conv: str, after_seq: int, limit: int) -> Deferred[list[StoredMessage]]:
+        return self.messages_in(conv, after_seq, limit)
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        def update(cursor: Any) -> None:
+            cursor.execute(
+                "UPDATE user_convs SET acked_seq = GREATEST(acked_seq, LEAST(%s, last_seq))"
+                " WHERE user_id = %s AND conv = %s",
+                (seq, user_id, conv),
+            )
+
+        return _interact(self._pool, update)
 
     def messages_in(self, conv: str, after_seq: int = 0, limit: int = 100) -> Deferred[list[StoredMessage]]:
         """Up to *limit* messages of *conv* with seq greater than *after_seq*, in seq order."""

@@ -103,3 +103,15 @@ def assign_seqs(
             new.append(message)
         results.append(message)
     return Assignment(results, new, last)
+
+
+def conversation_heads(requests: Sequence[PersistRequest], new: Sequence[StoredMessage]) -> dict[tuple[int, str], int]:
+    """The highest new seq of each (participant, conversation) a batch touched: the rows of the per-user index."""
+    participants = {request.msg_id: request.participants for request in requests}
+    heads: dict[tuple[int, str], int] = {}
+    for message in new:
+        for user_id in participants.get(message.msg_id, ()):
+            key = (user_id, message.conv)
+            if message.seq > heads.get(key, 0):
+                heads[key] = message.seq
+    return heads

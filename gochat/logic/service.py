@@ -149,6 +149,7 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
     chat = ChatLogic(
         accounts=stores.accounts,
         persist=persist,
+        messages=stores.messages,
         routes=routes,
         deliveries=deliveries,
         tokens=TokenSigner(load_or_create_secret(config.token_secret_path)),

@@ -20,8 +20,8 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.logger import Logger
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.interfaces import Account, StaleSequenceError
-from gochat.logic.sequencing import Assignment, assign_seqs
+from gochat.logic.interfaces import Account, ConversationState, StaleSequenceError
+from gochat.logic.sequencing import Assignment, assign_seqs, conversation_heads
 from gochat.model import PersistRequest, StoredMessage
 
 _log = Logger()
@@ -58,11 +58,34 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             )""",
         ],
     ),
+    (
+        2,
+        [
+            """CREATE TABLE user_convs (
+                user_id INTEGER NOT NULL,
+                conv TEXT NOT NULL,
+                last_seq INTEGER NOT NULL,
+                acked_seq INTEGER NOT NULL DEFAULT 0,
+                PRIMARY KEY (user_id, conv)
+            )""",
+            # Backfill: a one-to-one key is d:<low>:<high>.
+            """INSERT OR IGNORE INTO user_convs (user_id, conv, last_seq, acked_seq)
+                SELECT CAST(substr(conv, 3, instr(substr(conv, 3), ':') - 1) AS INTEGER), conv, MAX(seq), 0
+                FROM messages WHERE conv LIKE 'd:%' GROUP BY conv
+                UNION ALL
+                SELECT CAST(substr(conv, 3 + instr(substr(conv, 3), ':')) AS INTEGER), conv, MAX(seq), 0
+                FROM messages WHERE conv LIKE 'd:%' GROUP BY conv""",
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 _MESSAGE_COLUMNS = "msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts"
 _INSERT_MESSAGE = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_HEADS = (
+    "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq) VALUES (?, ?, ?, 0)"
+    " ON CONFLICT (user_id, conv) DO UPDATE SET last_seq = MAX(last_seq, excluded.last_seq)"
+)
 _SELECT_BY_CLIENT_ID = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE sender_id = ? AND client_msg_id = ?"
 
 
@@ -178,6 +201,8 @@ class SqliteMessageStore:
                 cursor.executemany(_INSERT_MESSAGE, [_message_row(m) for m in assignment.new])
             except sqlite3.IntegrityError as e:
                 raise StaleSequenceError(str(e)) from e
+            heads = conversation_heads(batch, assignment.new)
+            cursor.executemany(_UPSERT_HEADS, [(uid, conv, seq) for (uid, conv), seq in sorted(heads.items())])
             return assignment
 
         return _interact(self._pool, commit)
@@ -196,6 +221,34 @@ class SqliteMessageStore:
             return int(cursor.fetchone()[0] or 0)
 
         return _interact(self._pool, select)
+
+    def conversations(self, user_id: int) -> Deferred[list[ConversationState]]:
+        def select(cursor: Any) -> list[ConversationState]:
+            cursor.execute(
+                "SELECT conv, last_seq, acked_seq FROM user_convs WHERE user_id = ? ORDER BY conv", (user_id,)
+            )
+            return [ConversationState(conv, int(last), int(acked)) for conv, last, acked in cursor.fetchall()]
+
+        return _interact(self._pool, select)
+
+    def messages_after(self, conv: str, after_seq: int, limit: int) -> Deferred[list[StoredMessage]]:
+        def select(cursor: Any) -> list[StoredMessage]:
+            cursor.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (conv, after_seq, limit),
+            )
+            return [StoredMessage(*row) for row in cursor.fetchall()]
+
+        return _interact(self._pool, select)
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        def update(cursor: Any) -> None:
+            cursor.execute(
+                "UPDATE user_convs SET acked_seq = MAX(acked_seq, MIN(?, last_seq)) WHERE user_id = ? AND conv = ?",
+                (seq, user_id, conv),
+            )
+
+        return _interact(self._pool, update)
 
     def count(self) -> Deferred[int]:
         """How many messages are stored (for operators and tests)."""

@@ -171,3 +171,54 @@ class PersistReply(_message.Message):
     request_msg_id: int
     message: Message
     def __init__(self, request_msg_id: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class SyncRequest(_message.Message):
+    __slots__ = ("user_id", "since", "has_since", "limit")
+    class SinceEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    HAS_SINCE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    since: _containers.ScalarMap[str, int]
+    has_since: bool
+    limit: int
+    def __init__(self, user_id: _Optional[int] = ..., since: _Optional[_Mapping[str, int]] = ..., has_since: _Optional[bool] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ConversationSync(_message.Message):
+    __slots__ = ("conv", "last_seq", "messages", "complete")
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    conv: str
+    last_seq: int
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    complete: bool
+    def __init__(self, conv: _Optional[str] = ..., last_seq: _Optional[int] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., complete: _Optional[bool] = ...) -> None: ...
+
+class SyncReply(_message.Message):
+    __slots__ = ("conversations",)
+    CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    conversations: _containers.RepeatedCompositeFieldContainer[ConversationSync]
+    def __init__(self, conversations: _Optional[_Iterable[_Union[ConversationSync, _Mapping]]] = ...) -> None: ...
+
+class RecordReceivedRequest(_message.Message):
+    __slots__ = ("user_id", "conv", "seq")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    conv: str
+    seq: int
+    def __init__(self, user_id: _Optional[int] = ..., conv: _Optional[str] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class RecordReceivedReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -64,6 +64,16 @@ class LogicStub:
                 request_serializer=gochat_dot_v1_dot_logic__pb2.DeliveriesRequest.SerializeToString,
                 response_deserializer=gochat_dot_v1_dot_logic__pb2.Delivery.FromString,
                 _registered_method=True)
+        self.Sync = channel.unary_unary(
+                '/gochat.v1.Logic/Sync',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.SyncRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.SyncReply.FromString,
+                _registered_method=True)
+        self.RecordReceived = channel.unary_unary(
+                '/gochat.v1.Logic/RecordReceived',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.RecordReceivedRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.RecordReceivedReply.FromString,
+                _registered_method=True)
 
 
 class LogicServicer:
@@ -111,6 +121,20 @@ class LogicServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Sync(self, request, context):
+        """What a reconnecting user missed, per conversation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordReceived(self, request, context):
+        """A user has every message of a conversation up to a seq.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogicServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -143,6 +167,16 @@ def add_LogicServicer_to_server(servicer, server):
                     servicer.Deliveries,
                     request_deserializer=gochat_dot_v1_dot_logic__pb2.DeliveriesRequest.FromString,
                     response_serializer=gochat_dot_v1_dot_logic__pb2.Delivery.SerializeToString,
+            ),
+            'Sync': grpc.unary_unary_rpc_method_handler(
+                    servicer.Sync,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.SyncRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.SyncReply.SerializeToString,
+            ),
+            'RecordReceived': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordReceived,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.RecordReceivedRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.RecordReceivedReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -307,6 +341,60 @@ class Logic:
             '/gochat.v1.Logic/Deliveries',
             gochat_dot_v1_dot_logic__pb2.DeliveriesRequest.SerializeToString,
             gochat_dot_v1_dot_logic__pb2.Delivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Sync(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/Sync',
+            gochat_dot_v1_dot_logic__pb2.SyncRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.SyncReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordReceived(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/RecordReceived',
+            gochat_dot_v1_dot_logic__pb2.RecordReceivedRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.RecordReceivedReply.FromString,
             options,
             channel_credentials,
             insecure,
