@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -238,6 +238,12 @@ class GrpcLogicClient:
         request = pb.RecordReceivedRequest(user_id=user_id, conv=conv, seq=seq)
         return self._call(self._stub.RecordReceived, request, lambda reply: None)
 
+    def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
+        request = pb.RefreshRoutesRequest(
+            gateway_id=gateway_id, user_ids=[u for u, _ in sessions], session_ids=[s for _, s in sessions]
+        )
+        return self._call(self._stub.RefreshRoutes, request, lambda reply: None)
+
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> _StreamSubscription:
         subscription = _StreamSubscription(self._stub, self._reactor, gateway_id, handler, retry_max=5.0)
         self._subscriptions.append(subscription)
@@ -316,6 +322,14 @@ class LogicServicer(pb_grpc.LogicServicer):
     ) -> pb.RecordReceivedReply:
         self._run(context, self._logic.record_received, request.user_id, request.conv, request.seq)
         return pb.RecordReceivedReply()
+
+    def RefreshRoutes(self, request: pb.RefreshRoutesRequest, context: grpc.ServicerContext) -> pb.RefreshRoutesReply:
+        if len(request.user_ids) != len(request.session_ids):
+            context.set_trailing_metadata(((ERROR_METADATA_KEY, ErrorCode.BAD_REQUEST.value),))
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "user_ids and session_ids must pair up")
+        sessions = list(zip(request.user_ids, request.session_ids, strict=True))
+        self._run(context, self._logic.refresh_routes, request.gateway_id, sessions)
+        return pb.RefreshRoutesReply()
 
     def Deliveries(self, request: pb.DeliveriesRequest, context: grpc.ServicerContext) -> Iterator[pb.Delivery]:
         """Stream the gateway's deliveries until it hangs up.

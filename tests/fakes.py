@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -55,6 +55,7 @@ class ScriptedLogic:
         self.pending_connects: list[Deferred[Identity]] | None = None
         self.syncs: list[tuple[int, Mapping[str, int] | None, int, Deferred[SyncResult]]] = []
         self.received: list[tuple[int, str, int]] = []
+        self.refreshes: list[tuple[str, list[tuple[int, str]]]] = []
         self.subscriptions: list[tuple[str, DeliveryHandler]] = []
 
     def register(self, username: str, password: str) -> Deferred[int]:
@@ -92,6 +93,10 @@ class ScriptedLogic:
 
     def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
         self.received.append((user_id, conv, seq))
+        return succeed(None)
+
+    def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
+        self.refreshes.append((gateway_id, list(sessions)))
         return succeed(None)
 
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> _Unsubscribe:

@@ -370,3 +370,27 @@ class ResumeTests(GatewayTestCase):
         bob.send_json("sync", {}, "y")
         self.flush()
         self.assertEqual(len(bob.pop()["body"]["convs"][0]["messages"]), 1)
+
+
+class RouteRefreshTests(GatewayTestCase):
+    def test_lost_routes_come_back_with_the_next_refresh(self) -> None:
+        """When the route store loses a gateway's routes (a Redis flush), the periodic refresh restores them."""
+        alice, bob = self.login("alice"), self.login("bob")
+        routes = self.logic.routes
+        everything = self.successResultOf(routes.routes([1, 2]))
+        for user_id, user_routes in everything.items():
+            for route in user_routes:
+                self.successResultOf(routes.remove(user_id, route))
+        alice.send_json("send", {"client_msg_id": "lost", "to": "bob", "body": "nobody routed"}, "1")
+        self.settle()
+        self.assertEqual(alice.pop()["type"], "ack")
+        self.assertEqual(bob.received, [], "no route, no push (bob would recover it by sync)")
+        for _ in range(4):
+            alice.send_json("ping")
+            bob.send_json("ping")
+            self.tick(10)
+        alice.received.clear()
+        bob.received.clear()
+        alice.send_json("send", {"client_msg_id": "found", "to": "bob", "body": "routed again"}, "2")
+        self.settle()
+        self.assertEqual(bob.pop()["body"]["body"], "routed again")

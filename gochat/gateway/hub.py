@@ -54,8 +54,12 @@ class GatewayHub:
         wheel_tick: float = 0.5,
         wheel_slots: int = 512,
         deliveries: DeliverySource | None = None,
+        route_refresh: float = 30.0,
     ) -> None:
         self._deliveries: DeliverySource = deliveries if deliveries is not None else logic
+        self._route_refresh = route_refresh
+        self._next_refresh = clock.seconds() + route_refresh
+        self._refreshing = False
         self.gateway_id = gateway_id
         self.logic = logic
         self._clock = clock
@@ -138,13 +142,33 @@ class GatewayHub:
     # Timers
 
     def tick(self) -> None:
-        """Advance the wheel to now and act on every deadline that passed."""
+        """Advance the wheel to now and act on every deadline that passed; report live sessions now and then."""
         now = self._clock.seconds()
+        if now >= self._next_refresh and not self._refreshing:
+            self._next_refresh = now + self._route_refresh
+            self._refresh_routes()
         for session in self.wheel.advance(now):
             try:
                 session.deadline_passed(now)
             except Exception:
                 _log.failure("deadline handling failed for session {session_id}", session_id=session.session_id)
+
+    def _refresh_routes(self) -> None:
+        """One report of every authenticated session, so their routes outlive the store's TTL (and a lost store)."""
+        sessions = [
+            (session.identity.user_id, session.session_id)
+            for session in self.sessions.values()
+            if session.identity is not None and session.accepts_deliveries
+        ]
+        if not sessions:
+            return
+        self._refreshing = True
+        d = self.logic.refresh_routes(self.gateway_id, sessions)
+        d.addErrback(lambda f: _log.failure("route refresh of {count} sessions failed", f, count=len(sessions)))
+        d.addBoth(self._refreshed)
+
+    def _refreshed(self, _: object) -> None:
+        self._refreshing = False
 
     # Deliveries
 

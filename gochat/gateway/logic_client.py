@@ -10,7 +10,7 @@ calls a logic process over gRPC. Both return Deferreds and raise
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, succeed
@@ -54,6 +54,9 @@ class ILogicClient(Protocol):
     def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
         """The user has every message of *conv* up to *seq*."""
 
+    def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
+        """Report this gateway's live ``(user_id, session_id)`` pairs, keeping their routes alive."""
+
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> Subscription:
         """Call *handler* with every delivery addressed to *gateway_id*, in order."""
 
@@ -85,6 +88,9 @@ class LocalLogicClient:
 
     def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
         return self._logic.record_received(user_id, conv, seq)
+
+    def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
+        return self._logic.refresh_routes(gateway_id, sessions)
 
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> Subscription:
         return self._logic.deliveries.subscribe(gateway_id, handler)

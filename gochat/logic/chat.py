@@ -20,7 +20,7 @@ The send path keeps the delivery contract:
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail
@@ -175,6 +175,10 @@ class ChatLogic:
     def disconnect(self, identity: Identity, gateway_id: str, session_id: str) -> Deferred[None]:
         """Stop routing to a session that closed."""
         return self.routes.remove(identity.user_id, Route(gateway_id, session_id))
+
+    def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
+        """A gateway's periodic report of its live sessions: their routes stay (or come back, after a Redis loss)."""
+        return self.routes.refresh(gateway_id, sessions, self._clock.seconds())
 
     # Messages.
 

@@ -22,7 +22,7 @@ from gochat.lifecycle import StopInReverse
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.chat import ChatLogic, ChatSettings, PasswordHasher
 from gochat.logic.delivery import Deliverer
-from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, IPersistQueue
+from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, IPersistQueue, IRouteStore
 from gochat.logic.memory import InMemoryDeliveryBus, InMemoryRouteStore
 from gochat.logic.passwords import ScryptCost, hash_password, verify_password
 from gochat.logic.persist import PersistService, PersistWorker
@@ -33,6 +33,7 @@ from gochat.logic.tokens import TokenSigner, load_or_create_secret
 EMBEDDED_DATABASE = ""
 DEFAULT_DATABASE = "mysql://root@127.0.0.1:3306/gochat"
 DEFAULT_BROKER = "amqp://guest:guest@127.0.0.1:5672/"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class LogicConfig:
     data_dir: pathlib.Path = pathlib.Path("gochat-data")
     database: str = EMBEDDED_DATABASE
     broker: str | None = None
+    redis: str | None = None
+    redis_key_prefix: str = "gochat:"
     token_secret_file: str = ""
     grpc_listen: str | None = "127.0.0.1:9090"
     grpc_workers: int = 64
@@ -112,9 +115,15 @@ def _stores(config: LogicConfig, reactor: Any) -> _Stores:
 def build(config: LogicConfig, reactor: Any) -> LogicService:
     """Compose the logic role on *reactor* (which provides time, threads and thread hand-off)."""
     stores = _stores(config, reactor)
-    routes = InMemoryRouteStore()
+    routes: IRouteStore = InMemoryRouteStore()
     deliveries: IDeliveryBus = InMemoryDeliveryBus()
     children: list[Service] = [stores.service]
+    if config.redis is not None:
+        from gochat.logic.redis_routes import RedisRouteService
+
+        redis_service = RedisRouteService(reactor, redis_settings(config.redis, config.redis_key_prefix))
+        routes = redis_service.store
+        children.append(redis_service)
     persist: IPersistQueue
     if config.broker is None:
         deliverer = Deliverer(routes, deliveries)
@@ -181,4 +190,20 @@ def amqp_settings(url: str) -> Any:
         vhost=unquote(parts.path[1:]) if len(parts.path) > 1 else "/",
         username=unquote(parts.username or "guest"),
         password=unquote(parts.password or "guest"),
+    )
+
+
+def redis_settings(url: str, key_prefix: str = "gochat:") -> Any:
+    """The :class:`~gochat.logic.redis_routes.RedisSettings` a ``redis://[:password@]host:port/db`` URL names."""
+    from gochat.logic.redis_routes import RedisSettings
+
+    parts = urlsplit(url)
+    if parts.scheme != "redis":
+        raise ValueError(f"unsupported Redis URL {url!r}: use redis://host:port/db")
+    return RedisSettings(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 6379,
+        db=int(parts.path[1:] or 0),
+        password=unquote(parts.password) if parts.password else None,
+        key_prefix=key_prefix,
     )

@@ -9,7 +9,7 @@ from twisted.python import usage
 
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.chat import ChatSettings
-from gochat.logic.service import DEFAULT_BROKER, DEFAULT_DATABASE, LogicConfig, build
+from gochat.logic.service import DEFAULT_BROKER, DEFAULT_DATABASE, DEFAULT_REDIS, LogicConfig, build
 
 
 class Options(usage.Options):
@@ -32,6 +32,14 @@ class Options(usage.Options):
             "amqp://user:password@host:port/vhost of the durable persist queue, or 'none' to persist in-process.",
         ],
         ["persist-queue", None, "gochat.persist", "Name of the persist queue."],
+        ["redis-key-prefix", None, "gochat:", "Prefix of every Redis key (one per deployment sharing a Redis)."],
+        [
+            "redis",
+            None,
+            DEFAULT_REDIS,
+            "redis://host:port/db for routes and presence shared by every logic process, or 'none' to keep "
+            "them in this process.",
+        ],
         [
             "token-secret-file",
             None,
@@ -54,6 +62,8 @@ def config_from_options(options: Options) -> LogicConfig:
         database=options["database"],
         broker=None if options["broker"] in ("", "none") else options["broker"],
         persist_queue=options["persist-queue"],
+        redis_key_prefix=options["redis-key-prefix"],
+        redis=None if options["redis"] in ("", "none") else options["redis"],
         token_secret_file=options["token-secret-file"],
         grpc_listen=options["grpc-listen"],
         grpc_workers=options["grpc-workers"],

@@ -222,3 +222,17 @@ class RecordReceivedRequest(_message.Message):
 class RecordReceivedReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class RefreshRoutesRequest(_message.Message):
+    __slots__ = ("gateway_id", "user_ids", "session_ids")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    user_ids: _containers.RepeatedScalarFieldContainer[int]
+    session_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, gateway_id: _Optional[str] = ..., user_ids: _Optional[_Iterable[int]] = ..., session_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RefreshRoutesReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -74,6 +74,11 @@ class LogicStub:
                 request_serializer=gochat_dot_v1_dot_logic__pb2.RecordReceivedRequest.SerializeToString,
                 response_deserializer=gochat_dot_v1_dot_logic__pb2.RecordReceivedReply.FromString,
                 _registered_method=True)
+        self.RefreshRoutes = channel.unary_unary(
+                '/gochat.v1.Logic/RefreshRoutes',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.RefreshRoutesRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.RefreshRoutesReply.FromString,
+                _registered_method=True)
 
 
 class LogicServicer:
@@ -135,6 +140,13 @@ class LogicServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RefreshRoutes(self, request, context):
+        """A gateway's periodic report of its live sessions, keeping their routes alive.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogicServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -177,6 +189,11 @@ def add_LogicServicer_to_server(servicer, server):
                     servicer.RecordReceived,
                     request_deserializer=gochat_dot_v1_dot_logic__pb2.RecordReceivedRequest.FromString,
                     response_serializer=gochat_dot_v1_dot_logic__pb2.RecordReceivedReply.SerializeToString,
+            ),
+            'RefreshRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.RefreshRoutes,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.RefreshRoutesRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.RefreshRoutesReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -395,6 +412,33 @@ class Logic:
             '/gochat.v1.Logic/RecordReceived',
             gochat_dot_v1_dot_logic__pb2.RecordReceivedRequest.SerializeToString,
             gochat_dot_v1_dot_logic__pb2.RecordReceivedReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RefreshRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/RefreshRoutes',
+            gochat_dot_v1_dot_logic__pb2.RefreshRoutesRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.RefreshRoutesReply.FromString,
             options,
             channel_credentials,
             insecure,

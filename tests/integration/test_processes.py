@@ -192,6 +192,8 @@ class SplitProcessesTests(ProcessTestCase):
                 "",
                 "--broker",
                 "none",
+                "--redis",
+                "none",
             ],
         )
         grpc_port = yield logic.wait_for_port(LOGIC_LISTENING)
@@ -211,6 +213,7 @@ class ProductionProcessesTests(ProcessTestCase):
         super().setUp()
         require_service("MariaDB", "127.0.0.1", 3306)
         require_service("RabbitMQ", "127.0.0.1", 5672)
+        require_service("Redis", "127.0.0.1", 6379)
         self.database = f"gochat_proc_{uuid.uuid4().hex[:12]}"
         subprocess.run(
             [sys.executable, "-m", "gochat.logic.migrate", "--database", self.database],
@@ -246,6 +249,8 @@ class ProductionProcessesTests(ProcessTestCase):
                 f"mysql://root@127.0.0.1:3306/{self.database}",
                 "--persist-queue",
                 queue,
+                "--redis-key-prefix",
+                f"{queue}:",
             ],
         )
         grpc_port = yield logic.wait_for_port(LOGIC_LISTENING)
