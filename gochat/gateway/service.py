@@ -47,6 +47,7 @@ class GatewayConfig:
     limits: SessionLimits = field(default_factory=SessionLimits)
     max_frame_bytes: int = 64 * 1024
     max_backlog_bytes: int = 1 << 20
+    route_refresh: float = 30.0
     wheel_tick: float = 0.5
     wheel_slots: int = 512
     broker: str | None = None
@@ -139,6 +140,7 @@ def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None
         wheel_tick=config.wheel_tick,
         wheel_slots=config.wheel_slots,
         deliveries=deliveries,
+        route_refresh=config.route_refresh,
     )
     factory.hub = hub
     heartbeat = TimerService(config.wheel_tick, hub.tick)

@@ -57,6 +57,13 @@ class Options(usage.Options):
         ["frames-per-second", None, 50.0, "Sustained frames per second per connection.", float],
         ["frame-burst", None, 100, "Burst of frames per connection above the sustained rate.", int],
         ["wheel-tick", None, 0.5, "Seconds per tick of the timing wheel.", float],
+        [
+            "route-refresh",
+            None,
+            30.0,
+            "Seconds between reports of this gateway's live sessions to logic (keep under a third of the route TTL).",
+            float,
+        ],
     ]
 
 
@@ -79,6 +86,7 @@ def config_from_options(options: Options) -> GatewayConfig:
         max_frame_bytes=options["max-frame-bytes"],
         max_backlog_bytes=options["max-backlog-bytes"],
         wheel_tick=options["wheel-tick"],
+        route_refresh=options["route-refresh"],
         embedded_logic=LogicConfig(data_dir=pathlib.Path(options["data-dir"]), grpc_listen=None),
     )
 
