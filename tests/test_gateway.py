@@ -30,7 +30,8 @@ from gochat.logic.passwords import ScryptCost, hash_password, verify_password
 from gochat.logic.persist import PersistWorker
 from gochat.logic.sequencing import MessageIdGenerator
 from gochat.logic.tokens import TokenSigner
-from gochat.model import Identity
+from gochat.model import Delivery, Identity, StoredMessage
+from tests.fakes import RecordingTransport
 
 URL = "ws://127.0.0.1:8080/ws"
 CHEAP = ScryptCost(n=2**4, r=1, p=1)
@@ -394,3 +395,24 @@ class RouteRefreshTests(GatewayTestCase):
         alice.send_json("send", {"client_msg_id": "found", "to": "bob", "body": "routed again"}, "2")
         self.settle()
         self.assertEqual(bob.pop()["body"]["body"], "routed again")
+
+
+class IsolationTests(GatewayTestCase):
+    def test_delivery_for_someone_elses_conversation_is_dropped(self) -> None:
+        """A stale route naming a session of another user never makes it receive the message."""
+        alice = self.login("alice")
+        (session_id,) = self.hub.sessions
+        message = StoredMessage(1, "d:2:3", 1, 2, "bob", "x", "not for alice", 0)
+        self.hub.deliver(Delivery("gw1", (session_id,), message))
+        self.flush()
+        self.assertEqual(alice.received, [])
+        self.flushLoggedErrors()
+
+    def test_session_ids_differ_across_gateway_incarnations(self) -> None:
+        """A gateway restarted under the same id gives its sessions ids its previous run never used."""
+        other = GatewayHub("gw1", self.hub.logic, self.clock, self.limits, self.factory.prepare)
+        first = self.connect()
+        self.assertTrue(first.opened)
+        (old_id,) = self.hub._live
+        new_session = other.connection_made(RecordingTransport())
+        self.assertNotEqual(new_session.session_id, old_id)

@@ -10,6 +10,7 @@ number of recipients.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from typing import Protocol
 
@@ -21,6 +22,7 @@ from gochat.errors import CLOSE_SHUTTING_DOWN
 from gochat.gateway import codec
 from gochat.gateway.logic_client import ILogicClient, Subscription
 from gochat.gateway.session import Session, SessionLimits, SessionTransport
+from gochat.logic.sequencing import participants
 from gochat.model import Delivery
 from gochat.wheel import HashedWheel
 
@@ -71,6 +73,9 @@ class GatewayHub:
         self._live: dict[str, Session] = {}
         self._connections: dict[str, FramedConnection] = {}
         self._next_session = 0
+        # Session ids are unique across restarts of a gateway that keeps its id: routes of the previous
+        # incarnation may outlive it (route TTL, queue expiry) and must never name a new session.
+        self._incarnation = secrets.token_hex(4)
         self._subscription: Subscription | None = None
         self.frames_prepared = 0
         self._drain_waiters: list[Deferred[None]] = []
@@ -104,7 +109,7 @@ class GatewayHub:
     def connection_made(self, connection: FramedConnection) -> Session:
         """A TCP connection arrived: give it a session whose auth deadline starts now."""
         self._next_session += 1
-        session_id = f"{self._next_session:x}"
+        session_id = f"{self._incarnation}.{self._next_session:x}"
         session = Session(
             session_id,
             self.gateway_id,
@@ -175,9 +180,18 @@ class GatewayHub:
     def deliver(self, delivery: Delivery) -> None:
         """Write *delivery*'s message to each of its sessions here, framed once."""
         prepared: object | None = None
+        members = _participants(delivery.message.conv)
         for session_id in delivery.session_ids:
             session = self.sessions.get(session_id)
             if session is None or not session.accepts_deliveries:
+                continue
+            if session.identity is None or session.identity.user_id not in members:
+                # A stale route (another user's, under a reused session id) must never leak a message.
+                _log.warn(
+                    "dropping delivery of {msg_id} for session {session_id}: not a participant",
+                    msg_id=delivery.message.msg_id,
+                    session_id=session_id,
+                )
                 continue
             if session.holding_pushes:
                 session.hold(delivery.message)
@@ -186,3 +200,10 @@ class GatewayHub:
                 prepared = self._prepare(codec.encode_push(delivery.message))
                 self.frames_prepared += 1
             self._connections[session_id].send_prepared(prepared)
+
+
+def _participants(conv: str) -> frozenset[int]:
+    try:
+        return frozenset(participants(conv))
+    except ValueError:
+        return frozenset()

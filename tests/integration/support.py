@@ -15,15 +15,18 @@ import json
 import os
 import re
 import socket
+import subprocess
 import sys
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.protocol import ProcessProtocol, Protocol, connectionDone
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -66,6 +69,24 @@ def bounded(d: Deferred[Any], reactor: Any, seconds: float, what: str) -> Deferr
     d.addTimeout(seconds, reactor)
     d.addErrback(timed_out)
     return d
+
+
+def wait_until(
+    reactor: Any, check: Callable[[], bool | Deferred[bool]], timeout: float, what: str, interval: float = 0.05
+) -> Deferred[None]:
+    """Fires once *check* (which may return a Deferred) says true; polled every *interval* seconds, failed with
+    :class:`WaitTimedOutError` after *timeout*. For conditions nothing notifies about (state in another process)."""
+    deadline = reactor.seconds() + timeout
+
+    async def poll() -> None:
+        while True:
+            if await maybeDeferred(check):
+                return
+            if reactor.seconds() >= deadline:
+                raise WaitTimedOutError(f"gave up after {timeout:g}s waiting for {what}")
+            await deferLater(reactor, interval, lambda: None)
+
+    return Deferred.fromCoroutine(poll())
 
 
 # Processes.
@@ -305,6 +326,14 @@ class JsonFrameClient:
         self.close_status: Deferred[tuple[bool, int | None, str | None]] = Deferred()
         self._lost_waiters: list[Deferred[None]] = []
         self._gone = False
+        self._handler: Callable[[dict[str, Any]], None] | None = None
+
+    def on_frame(self, handler: Callable[[dict[str, Any]], None]) -> None:
+        """Hand every frame to *handler* as it arrives (those already queued first) instead of queueing it for
+        :meth:`next_frame`: for a client that sorts replies and pushes itself."""
+        self._handler = handler
+        while self._frames:
+            handler(self._frames.popleft())
 
     def send_frame(self, frame: dict[str, Any]) -> None:
         """Send *frame* as one JSON text message."""
@@ -355,7 +384,9 @@ class JsonFrameClient:
         self._open.callback(self)
 
     def _frame_received(self, frame: dict[str, Any]) -> None:
-        if self._waiters:
+        if self._handler is not None:
+            self._handler(frame)
+        elif self._waiters:
             self._waiters.popleft().callback(frame)
         else:
             self._frames.append(frame)
@@ -388,3 +419,63 @@ def connect(reactor: Any, url: str, name: str = "client", timeout: float = DEFAU
     connected = endpoint.connect(factory)
     connected.addCallback(lambda _: client._open)
     return bounded(connected, reactor, timeout, f"{name} to open {url}")
+
+
+# Per-test resources on the shared services (blocking: for setUp and cleanups).
+
+#: The local services every production-mode test uses.
+MYSQL_HOST, MYSQL_PORT = "127.0.0.1", 3306
+REDIS_HOST, REDIS_PORT = "127.0.0.1", 6379
+BROKER_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def create_database(name: str) -> None:
+    """Create database *name* at the current schema (``python -m gochat.logic.migrate``, as an operator would)."""
+    subprocess.run(
+        [sys.executable, "-m", "gochat.logic.migrate", "--database", name], check=True, capture_output=True, timeout=60
+    )
+
+
+def drop_database(name: str) -> None:
+    """Drop database *name* if it exists."""
+    import pymysql
+
+    connection = pymysql.connect(host=MYSQL_HOST, port=MYSQL_PORT, user="root", password="")
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+    finally:
+        connection.close()
+
+
+def delete_queue(name: str) -> None:
+    """Delete RabbitMQ queue *name* (nothing happens if it is not there)."""
+    subprocess.run(["rabbitmqctl", "-q", "delete_queue", name], capture_output=True, timeout=30, check=False)
+
+
+#: Deletes every key matching ARGV[1] in one atomic step; returns how many there were.
+DELETE_KEYS_SCRIPT = (
+    "local n = 0 for _, key in ipairs(redis.call('KEYS', ARGV[1])) do n = n + redis.call('DEL', key) end return n"
+)
+
+
+def redis_glob(prefix: str) -> str:
+    """The ``KEYS``/``SCAN`` pattern matching every key that starts with *prefix*."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+
+
+def delete_redis_keys(prefix: str, timeout: float = 5.0) -> int:
+    """Delete every Redis key starting with *prefix* (never the others: the Redis is shared); how many went."""
+    from gochat.logic.redis_routes import encode_commands
+
+    with socket.create_connection((REDIS_HOST, REDIS_PORT), timeout=timeout) as connection:
+        connection.sendall(encode_commands([("EVAL", DELETE_KEYS_SCRIPT, "0", redis_glob(prefix))]))
+        reply = b""
+        while not reply.endswith(b"\r\n"):
+            chunk = connection.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+    if not reply.startswith(b":"):
+        raise AssertionError(f"Redis refused to delete the keys of {prefix!r}: {reply!r}")
+    return int(reply[1:].strip())
