@@ -33,11 +33,13 @@ setup(
             "pytest>=9,<10",
             "pytest-twisted>=1.14,<2",
             "grpcio-tools==1.85.1",
+            "websockets>=17,<18",  # bench/chaos.py's clients, independent of the server's Autobahn
         ],
         "dev": [
             "pytest>=9,<10",
             "pytest-twisted>=1.14,<2",
             "grpcio-tools==1.85.1",
+            "websockets>=17,<18",  # bench/chaos.py's clients, independent of the server's Autobahn
             "mypy>=2.4,<3",
             "mypy-zope>=1.0.17,<2",
             "ruff>=0.17,<0.18",

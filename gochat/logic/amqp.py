@@ -1062,6 +1062,16 @@ class _AmqpProtocol(AMQClient):  # type: ignore[misc]
     def channel_failed(self, channel: Any, reason: Failure) -> None:
         self._contents.pop(channel.id, None)  # the broker's channel.close, reported by _Delegate.channel_close
 
+    def do_close(self, reason: Any) -> None:
+        """txamqp's, over copies: closing a channel fails what waits on it, and those callbacks may
+        :meth:`forget_channel` (a ``close_channel`` under way), which txamqp's loop over the live dict
+        does not survive (``RuntimeError``, and the channels after it never closed)."""
+        for channel in list(self.channels.values()):
+            channel.close(reason)
+        for queue in list(self.queues.values()):
+            queue.close()
+        self.delegate.close(reason)
+
     # Channels.
 
     def channel_now(self, channel_id: int) -> Any:

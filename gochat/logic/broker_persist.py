@@ -27,6 +27,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
+from twisted.internet.defer import TimeoutError as DeferredTimeoutError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -126,9 +127,23 @@ class BrokerPersistQueue(Service):
         self._sweeper.start(1.0, now=False)
 
     def stopService(self) -> Deferred[None] | None:
+        """Stop taking replies and fail every submission still waiting with ``unavailable``.
+
+        Their replies could only come to the reply consumer cancelled here, so
+        nothing would ever fire them (and a gRPC thread blocked on one would
+        keep the process from exiting). The clients retry, through another
+        logic process, with the same client message id: a request that gets
+        committed anyway is found stored. (``unavailable``, not
+        ``shutting_down``: the client's gateway and session stay.)
+        """
         super().stopService()
         if self._sweeper.running:
             self._sweeper.stop()
+        waiting, self._waiting = self._waiting, {}
+        for waiters in waiting.values():
+            for waiter in waiters:
+                if not waiter.result.called:
+                    waiter.result.errback(GochatError(ErrorCode.UNAVAILABLE, "this logic process is stopping; retry"))
         consumer, self._consumer = self._consumer, None
         return consumer.cancel() if consumer is not None else None
 
@@ -187,6 +202,12 @@ class BrokerPersistConsumer(Service):
 
     *then* is called with every committed batch after the replies went out
     (the deliverer).
+
+    Stopping commits what was taken, but waits at most *drain_timeout*
+    seconds: while the database is down a batch cannot commit, and a process
+    told to stop must stop. What is left uncommitted was never acked to the
+    broker, which redelivers it to the next consumer when this one's
+    connection closes.
     """
 
     def __init__(
@@ -198,11 +219,14 @@ class BrokerPersistConsumer(Service):
         then: Callable[[Sequence[Committed[Any]]], None],
         persist_queue: str = PERSIST_QUEUE,
         prefetch: int = 1000,
+        drain_timeout: float = 10.0,
     ) -> None:
         self._bus = bus
+        self._clock = clock
         self._queue = persist_queue
         self._prefetch = prefetch
         self._then = then
+        self._drain_timeout = drain_timeout
         self.worker: PersistWorker[_Delivered] = PersistWorker(store, clock, policy, self.batch_committed)
         self._consumer: Consumer | None = None
 
@@ -215,11 +239,19 @@ class BrokerPersistConsumer(Service):
         return Deferred.fromCoroutine(self._drain())
 
     async def _drain(self) -> None:
-        """Stop taking deliveries, commit and acknowledge what was taken, then let go of the consumer."""
+        """Stop taking deliveries, commit and acknowledge what was taken (bounded), then let go of the consumer."""
         consumer = self._consumer
         if consumer is not None:
             await consumer.cancel()
-        await self.worker.stop()
+        try:
+            await self.worker.stop().addTimeout(self._drain_timeout, self._clock)
+        except DeferredTimeoutError:
+            _log.warn(
+                "stopping before the store committed (a batch being written, {queued} more queued) within {timeout}s; "
+                "the broker redelivers them to the next consumer",
+                queued=len(self.worker.writer),
+                timeout=self._drain_timeout,
+            )
         self._consumer = None
 
     def _received(self, message: BrokerMessage) -> None:
@@ -259,4 +291,11 @@ def _log_submit_failure(failure: Failure) -> None:
 
 
 def _log_reply_failure(failure: Failure) -> None:
-    _log.failure("persist reply could not be published; the submitter times out and its client retries", failure)
+    """A reply that cannot go out is expected: its submitter died (its queue is gone), or the broker is away."""
+    if not failure.check(GochatError):
+        _log.failure("persist reply could not be published", failure)
+        return
+    _log.warn(
+        "persist reply could not be published ({reason}); a live submitter times out and its client retries",
+        reason=failure.getErrorMessage(),
+    )
