@@ -244,6 +244,10 @@ class GrpcLogicClient:
         )
         return self._call(self._stub.RefreshRoutes, request, lambda reply: None)
 
+    def presence(self, user_id: int, usernames: Sequence[str]) -> Deferred[dict[str, bool]]:
+        request = pb.PresenceRequest(user_id=user_id, usernames=list(usernames))
+        return self._call(self._stub.Presence, request, lambda reply: dict(reply.online))
+
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> _StreamSubscription:
         subscription = _StreamSubscription(self._stub, self._reactor, gateway_id, handler, retry_max=5.0)
         self._subscriptions.append(subscription)
@@ -330,6 +334,10 @@ class LogicServicer(pb_grpc.LogicServicer):
         sessions = list(zip(request.user_ids, request.session_ids, strict=True))
         self._run(context, self._logic.refresh_routes, request.gateway_id, sessions)
         return pb.RefreshRoutesReply()
+
+    def Presence(self, request: pb.PresenceRequest, context: grpc.ServicerContext) -> pb.PresenceReply:
+        online = self._run(context, self._logic.presence, request.user_id, list(request.usernames))
+        return pb.PresenceReply(online=online)
 
     def Deliveries(self, request: pb.DeliveriesRequest, context: grpc.ServicerContext) -> Iterator[pb.Delivery]:
         """Stream the gateway's deliveries until it hangs up.

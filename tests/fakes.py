@@ -95,6 +95,9 @@ class ScriptedLogic:
         self.received.append((user_id, conv, seq))
         return succeed(None)
 
+    def presence(self, user_id: int, usernames: Sequence[str]) -> Deferred[dict[str, bool]]:
+        return succeed({name: name == "bob" for name in usernames})
+
     def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
         self.refreshes.append((gateway_id, list(sessions)))
         return succeed(None)

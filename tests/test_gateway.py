@@ -416,3 +416,35 @@ class IsolationTests(GatewayTestCase):
         (old_id,) = self.hub._live
         new_session = other.connection_made(RecordingTransport())
         self.assertNotEqual(new_session.session_id, old_id)
+
+
+class PresenceTests(GatewayTestCase):
+    def test_contacts_presence_over_devices(self) -> None:
+        """A user sees whether contacts are online on any device; strangers and unknown names are left out."""
+        alice, bob = self.login("alice"), self.login("bob")
+        bob_laptop = self.login("bob")
+        self.login("carol")
+        alice.send_json("send", {"client_msg_id": "hi", "to": "bob", "body": "hi"}, "s")
+        self.settle()
+        alice.received.clear()
+        alice.send_json("presence", {"users": ["Bob", "carol", "nobody"]}, "p1")
+        self.settle()
+        self.assertEqual(alice.pop(), {"v": 1, "type": "presence_ok", "id": "p1", "body": {"users": {"bob": "online"}}})
+        bob.transport.loseConnection()
+        self.flush()
+        alice.send_json("presence", {"users": ["bob"]}, "p2")
+        self.settle()
+        self.assertEqual(alice.pop()["body"]["users"], {"bob": "online"}, "still online on his laptop")
+        bob_laptop.transport.loseConnection()
+        self.flush()
+        alice.send_json("presence", {"users": ["bob"]}, "p3")
+        self.settle()
+        self.assertEqual(alice.pop()["body"]["users"], {"bob": "offline"})
+
+    def test_bad_presence_requests(self) -> None:
+        """An empty or malformed user list is a bad_request."""
+        alice = self.login("alice")
+        for body in ({}, {"users": []}, {"users": "bob"}, {"users": [1]}, {"users": ["x" * 33]}):
+            alice.send_json("presence", body, "p")
+            self.flush()
+            self.assertEqual(alice.pop()["body"]["code"], "bad_request", body)

@@ -75,7 +75,15 @@ class RecvAckRequest:
     seq: int
 
 
-Request = AuthRequest | PingRequest | SendRequest | SyncRequest | RecvAckRequest
+@dataclass(frozen=True)
+class PresenceRequest:
+    """``presence``: are these contacts online?"""
+
+    users: tuple[str, ...]
+
+
+Request = AuthRequest | PingRequest | SendRequest | SyncRequest | RecvAckRequest | PresenceRequest
+MAX_PRESENCE_USERS = 500
 DEFAULT_SYNC_LIMIT = 200
 MAX_SYNC_LIMIT = 1000
 MAX_SYNC_CONVERSATIONS = 10_000
@@ -156,6 +164,13 @@ def parse_request(frame: Frame, max_body_length: int) -> Request:
         )
     if frame.type == "sync":
         return _sync_request(frame.body)
+    if frame.type == "presence":
+        users = frame.body.get("users")
+        if not isinstance(users, list) or not 0 < len(users) <= MAX_PRESENCE_USERS:
+            raise GochatError(ErrorCode.BAD_REQUEST, f"users must list 1 to {MAX_PRESENCE_USERS} usernames")
+        if not all(isinstance(u, str) and 0 < len(u) <= MAX_USERNAME_LENGTH and is_encodable(u) for u in users):
+            raise GochatError(ErrorCode.BAD_REQUEST, "users must be usernames")
+        return PresenceRequest(tuple(users))
     if frame.type == "recv_ack":
         return RecvAckRequest(_string(frame.body, "conv", MAX_CONV_LENGTH), _seq(frame.body.get("seq"), "seq"))
     raise GochatError(ErrorCode.UNKNOWN_TYPE, f"unknown frame type {frame.type!r}")

@@ -57,6 +57,9 @@ class ILogicClient(Protocol):
     def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
         """Report this gateway's live ``(user_id, session_id)`` pairs, keeping their routes alive."""
 
+    def presence(self, user_id: int, usernames: Sequence[str]) -> Deferred[dict[str, bool]]:
+        """Whether each named contact of the user is online."""
+
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> Subscription:
         """Call *handler* with every delivery addressed to *gateway_id*, in order."""
 
@@ -91,6 +94,9 @@ class LocalLogicClient:
 
     def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
         return self._logic.refresh_routes(gateway_id, sessions)
+
+    def presence(self, user_id: int, usernames: Sequence[str]) -> Deferred[dict[str, bool]]:
+        return self._logic.presence(user_id, usernames)
 
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> Subscription:
         return self._logic.deliveries.subscribe(gateway_id, handler)

@@ -235,6 +235,8 @@ class Session(WheelTimer["Session"]):
             self._sync(request, request_id)
         elif isinstance(request, codec.RecvAckRequest):
             self._recv_ack(request, request_id)
+        elif isinstance(request, codec.PresenceRequest):
+            self._presence(request, request_id)
         else:
             self._send_message(request, request_id)
 
@@ -315,6 +317,21 @@ class Session(WheelTimer["Session"]):
         self._send_error(self._as_error(failure), request_id)
         for message in held:
             self._send(codec.encode_push(message))
+
+    def _presence(self, request: codec.PresenceRequest, request_id: str | None) -> None:
+        assert self.identity is not None
+        d = self._logic.presence(self.identity.user_id, request.users)
+        d.addCallbacks(
+            lambda online: self._send(
+                codec.encode_frame(
+                    "presence_ok",
+                    {"users": {name: "online" if up else "offline" for name, up in sorted(online.items())}},
+                    request_id,
+                )
+            ),
+            self._send_failed,
+            errbackArgs=(request_id,),
+        )
 
     def _recv_ack(self, request: codec.RecvAckRequest, request_id: str | None) -> None:
         assert self.identity is not None

@@ -30,7 +30,7 @@ from twisted.python.failure import Failure
 
 from gochat.errors import ErrorCode, GochatError
 from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, IPersistQueue, IRouteStore, Route
-from gochat.logic.sequencing import MessageIdGenerator, direct_conversation
+from gochat.logic.sequencing import MessageIdGenerator, direct_conversation, participants
 from gochat.logic.tokens import TokenSigner
 from gochat.model import Ack, ConversationSync, Identity, LoginResult, PersistRequest, SendCommand, SyncResult
 
@@ -39,6 +39,7 @@ _log = Logger()
 USERNAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{2,31}$")
 MIN_PASSWORD_LENGTH = 8
 MAX_SYNC_LIMIT = 1000
+MAX_PRESENCE_NAMES = 500
 MAX_CONV_LENGTH = 128
 MAX_PASSWORD_LENGTH = 256
 
@@ -262,6 +263,36 @@ class ChatLogic:
         if seq < 0 or not conv or len(conv) > MAX_CONV_LENGTH:
             return fail(GochatError(ErrorCode.BAD_REQUEST, "recv_ack needs a conversation and a seq >= 0"))
         return self.messages.record_received(user_id, conv, seq)
+
+    # Presence.
+
+    def presence(self, user_id: int, usernames: Sequence[str]) -> Deferred[dict[str, bool]]:
+        """Whether each named user is online (any device), for the users *user_id* shares a conversation with.
+
+        Others, and unknown names, are left out of the answer: presence is not
+        revealed to strangers.
+        """
+        if len(usernames) > MAX_PRESENCE_NAMES:
+            return fail(GochatError(ErrorCode.BAD_REQUEST, f"ask about at most {MAX_PRESENCE_NAMES} users"))
+        return Deferred.fromCoroutine(self._presence(user_id, list(usernames)))
+
+    async def _presence(self, user_id: int, usernames: list[str]) -> dict[str, bool]:
+        contacts: set[int] = set()
+        for state in await self.messages.conversations(user_id):
+            try:
+                contacts.update(participants(state.conv))
+            except ValueError:
+                continue
+        wanted: dict[int, str] = {}
+        for name in usernames:
+            try:
+                found = await self._user_id(name)
+            except GochatError:
+                continue
+            if found in contacts:
+                wanted[found] = normalise_username(name)
+        online = await self.routes.online(wanted) if wanted else {}
+        return {name: online.get(uid, False) for uid, name in wanted.items()}
 
     async def _user_id(self, username: str) -> int:
         unknown = GochatError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")

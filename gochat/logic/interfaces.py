@@ -104,6 +104,9 @@ class IRouteStore(Protocol):
     def routes(self, user_ids: Iterable[int]) -> Deferred[dict[int, set[Route]]]:
         """The live sessions of each of *user_ids*."""
 
+    def online(self, user_ids: Iterable[int]) -> Deferred[dict[int, bool]]:
+        """Whether each of *user_ids* has at least one live session (presence, aggregated over devices)."""
+
     def refresh(self, gateway_id: str, sessions: Sequence[tuple[int, str]], now: float) -> Deferred[None]:
         """Keep alive (and restore, if lost) the routes of every ``(user_id, session_id)`` live on *gateway_id*."""
 

@@ -41,6 +41,9 @@ class InMemoryRouteStore:
                 del self._routes[user_id]
         return succeed(None)
 
+    def online(self, user_ids: Iterable[int]) -> Deferred[dict[int, bool]]:
+        return succeed({uid: bool(self._routes.get(uid)) for uid in user_ids})
+
     def refresh(self, gateway_id: str, sessions: Sequence[tuple[int, str]], now: float) -> Deferred[None]:
         for user_id, session_id in sessions:
             self._routes[user_id].add(Route(gateway_id, session_id))

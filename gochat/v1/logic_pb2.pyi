@@ -236,3 +236,24 @@ class RefreshRoutesRequest(_message.Message):
 class RefreshRoutesReply(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class PresenceRequest(_message.Message):
+    __slots__ = ("user_id", "usernames")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAMES_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    usernames: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[int] = ..., usernames: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class PresenceReply(_message.Message):
+    __slots__ = ("online",)
+    class OnlineEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: bool
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
+    ONLINE_FIELD_NUMBER: _ClassVar[int]
+    online: _containers.ScalarMap[str, bool]
+    def __init__(self, online: _Optional[_Mapping[str, bool]] = ...) -> None: ...

@@ -79,6 +79,11 @@ class LogicStub:
                 request_serializer=gochat_dot_v1_dot_logic__pb2.RefreshRoutesRequest.SerializeToString,
                 response_deserializer=gochat_dot_v1_dot_logic__pb2.RefreshRoutesReply.FromString,
                 _registered_method=True)
+        self.Presence = channel.unary_unary(
+                '/gochat.v1.Logic/Presence',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.PresenceRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.PresenceReply.FromString,
+                _registered_method=True)
 
 
 class LogicServicer:
@@ -147,6 +152,13 @@ class LogicServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Presence(self, request, context):
+        """Whether a user's contacts are online.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogicServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -194,6 +206,11 @@ def add_LogicServicer_to_server(servicer, server):
                     servicer.RefreshRoutes,
                     request_deserializer=gochat_dot_v1_dot_logic__pb2.RefreshRoutesRequest.FromString,
                     response_serializer=gochat_dot_v1_dot_logic__pb2.RefreshRoutesReply.SerializeToString,
+            ),
+            'Presence': grpc.unary_unary_rpc_method_handler(
+                    servicer.Presence,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.PresenceRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.PresenceReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -439,6 +456,33 @@ class Logic:
             '/gochat.v1.Logic/RefreshRoutes',
             gochat_dot_v1_dot_logic__pb2.RefreshRoutesRequest.SerializeToString,
             gochat_dot_v1_dot_logic__pb2.RefreshRoutesReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Presence(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/Presence',
+            gochat_dot_v1_dot_logic__pb2.PresenceRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.PresenceReply.FromString,
             options,
             channel_credentials,
             insecure,
