@@ -268,10 +268,19 @@ _END_OF_STREAM = object()
 class LogicServicer(pb_grpc.LogicServicer):
     """Serves the Logic RPCs by calling :class:`ChatLogic` on the reactor thread."""
 
-    def __init__(self, logic: ChatLogic, reactor: IReactorFromThreads, max_queued_deliveries: int = 100_000) -> None:
+    def __init__(
+        self,
+        logic: ChatLogic,
+        reactor: IReactorFromThreads,
+        max_queued_deliveries: int = 100_000,
+        max_concurrent_sends: int = 56,
+    ) -> None:
         self._logic = logic
         self._reactor = reactor
         self._max_queued = max_queued_deliveries
+        # Sends wait for a commit; while the database is down they all wait. Capping them keeps worker
+        # threads free for everything else (auth, sync, route refresh) instead of letting sends take all.
+        self._send_slots = threading.BoundedSemaphore(max_concurrent_sends)
 
     def _run(self, context: grpc.ServicerContext, function: Callable[..., Deferred[T]], *args: Any) -> T:
         try:
@@ -313,7 +322,13 @@ class LogicServicer(pb_grpc.LogicServicer):
             to_username=request.to_username,
             body=request.body,
         )
-        ack = self._run(context, self._logic.send, command)
+        if not self._send_slots.acquire(blocking=False):
+            context.set_trailing_metadata(((ERROR_METADATA_KEY, ErrorCode.UNAVAILABLE.value),))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "logic has too many sends waiting for the store; retry")
+        try:
+            ack = self._run(context, self._logic.send, command)
+        finally:
+            self._send_slots.release()
         return pb.SendReply(client_msg_id=ack.client_msg_id, msg_id=ack.msg_id, conv=ack.conv, seq=ack.seq, ts=ack.ts)
 
     def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncReply:

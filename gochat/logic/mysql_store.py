@@ -315,8 +315,10 @@ def _last_seqs(cursor: Any, convs: set[str]) -> dict[str, int]:
     return last
 
 
+# Every value is a placeholder so that PyMySQL's executemany sends one multi-row INSERT (a literal in the
+# VALUES tuple makes it fall back to one statement per row).
 _UPSERT_HEADS = (
-    "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq) VALUES (%s, %s, %s, 0)"
+    "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq) VALUES (%s, %s, %s, %s)"
     " ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq))"
 )
 
@@ -368,7 +370,7 @@ class MysqlMessageStore:
                         raise StaleSequenceError(str(error.args[-1])) from error
                     raise
                 heads = conversation_heads(batch, assignment.new)
-                cursor.executemany(_UPSERT_HEADS, [(uid, conv, seq) for (uid, conv), seq in sorted(heads.items())])
+                cursor.executemany(_UPSERT_HEADS, [(uid, conv, seq, 0) for (uid, conv), seq in sorted(heads.items())])
             return assignment
 
         return _interact(self._pool, commit)

@@ -169,7 +169,12 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
     )
     if config.grpc_listen is not None:
         children.append(
-            GrpcServerService(LogicServicer(chat, reactor), config.grpc_listen, reactor, config.grpc_workers)
+            GrpcServerService(
+                LogicServicer(chat, reactor, max_concurrent_sends=max(1, config.grpc_workers - 8)),
+                config.grpc_listen,
+                reactor,
+                config.grpc_workers,
+            )
         )
     service = LogicService(chat, stores.service)
     for child in children:
