@@ -273,7 +273,7 @@ class LogicServicer(pb_grpc.LogicServicer):
         logic: ChatLogic,
         reactor: IReactorFromThreads,
         max_queued_deliveries: int = 100_000,
-        max_concurrent_sends: int = 56,
+        max_concurrent_sends: int = 248,
     ) -> None:
         self._logic = logic
         self._reactor = reactor
@@ -409,7 +409,7 @@ def _subscribe(bus: Any, gateway_id: str, handler: Callable[[Delivery], None]) -
 class GrpcServerService(Service):
     """The logic gRPC server as an ``IService``: listens at start, drains at stop."""
 
-    def __init__(self, servicer: LogicServicer, address: str, reactor: IReactorThreads, max_workers: int = 64) -> None:
+    def __init__(self, servicer: LogicServicer, address: str, reactor: IReactorThreads, max_workers: int = 256) -> None:
         self._servicer = servicer
         self._address = address
         self._reactor = reactor

@@ -54,7 +54,7 @@ class LogicConfig:
     redis_key_prefix: str = "gochat:"
     token_secret_file: str = ""
     grpc_listen: str | None = "127.0.0.1:9090"
-    grpc_workers: int = 64
+    grpc_workers: int = 256
     node_id: int = 0
     persist_queue: str = "gochat.persist"
     batch: BatchPolicy = field(default_factory=BatchPolicy)

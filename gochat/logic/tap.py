@@ -51,7 +51,13 @@ class Options(usage.Options):
         ["batch-size", None, 500, "Write a batch of messages at this many.", int],
         ["batch-delay-ms", None, 5.0, "... or this many milliseconds after the first one waits.", float],
         ["token-ttl", None, 86400.0, "Seconds a login token is valid.", float],
-        ["grpc-workers", None, 64, "gRPC server worker threads.", int],
+        [
+            "grpc-workers",
+            None,
+            256,
+            "gRPC server worker threads; all but 8 may wait on sends, so sends never starve other calls.",
+            int,
+        ],
     ]
 
 
