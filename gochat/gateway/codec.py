@@ -21,6 +21,7 @@ from typing import Any
 
 from gochat.errors import ErrorCode, GochatError
 from gochat.model import Ack, StoredMessage, SyncResult
+from gochat.text import is_encodable
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST_ID_LENGTH = 64
@@ -139,15 +140,6 @@ def _string(body: dict[str, Any], name: str, max_length: int, min_length: int = 
     if not is_encodable(value):
         raise GochatError(ErrorCode.BAD_REQUEST, f"{name} must be valid Unicode (no lone surrogates)")
     return value
-
-
-def is_encodable(text: str) -> bool:
-    """Whether *text* is valid Unicode that UTF-8 can carry (JSON escapes can produce lone surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def parse_request(frame: Frame, max_body_length: int) -> Request:

@@ -33,6 +33,7 @@ from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, 
 from gochat.logic.sequencing import MessageIdGenerator, direct_conversation, participants
 from gochat.logic.tokens import TokenSigner
 from gochat.model import Ack, ConversationSync, Identity, LoginResult, PersistRequest, SendCommand, SyncResult
+from gochat.text import is_encodable
 
 _log = Logger()
 
@@ -76,17 +77,9 @@ class PasswordHasher:
         return self._run(self._verify, password, encoded)  # type: ignore[return-value]
 
 
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _is_valid_password_text(password: str) -> bool:
     """No control characters (scrypt ignores trailing NULs) and encodable as UTF-8 (no lone surrogates)."""
-    return _is_utf8(password) and not any(ord(c) < 32 or ord(c) == 127 for c in password)
+    return is_encodable(password) and not any(ord(c) < 32 or ord(c) == 127 for c in password)
 
 
 def normalise_username(username: str) -> str:
@@ -190,7 +183,7 @@ class ChatLogic:
                 ErrorCode.BAD_REQUEST, f"body must have 1 to {self._settings.max_body_length} characters"
             )
             return fail(error)
-        if not (command.client_msg_id and _is_utf8(command.body) and _is_utf8(command.client_msg_id)):
+        if not (command.client_msg_id and is_encodable(command.body) and is_encodable(command.client_msg_id)):
             return fail(GochatError(ErrorCode.BAD_REQUEST, "body and client_msg_id must be valid, non-empty Unicode"))
         key = (command.sender_id, command.client_msg_id)
         result: Deferred[Ack] = Deferred()
