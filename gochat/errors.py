@@ -38,6 +38,11 @@ class ErrorCode(enum.Enum):
     SHUTTING_DOWN = "shutting_down"
     SLOW_CONSUMER = "slow_consumer"
     INTERNAL = "internal"
+    NOT_MEMBER = "not_member"
+    FORBIDDEN = "forbidden"
+    GROUP_FULL = "group_full"
+    UNKNOWN_MESSAGE = "unknown_message"
+    TOO_LATE = "too_late"
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,11 @@ WIRE: dict[ErrorCode, WireMapping] = {
     ErrorCode.SHUTTING_DOWN: WireMapping(CLOSE_SHUTTING_DOWN, 503, "UNAVAILABLE"),
     ErrorCode.SLOW_CONSUMER: WireMapping(CLOSE_SLOW_CONSUMER, 503, "RESOURCE_EXHAUSTED"),
     ErrorCode.INTERNAL: WireMapping(None, 500, "INTERNAL"),
+    ErrorCode.NOT_MEMBER: WireMapping(None, 403, "PERMISSION_DENIED"),
+    ErrorCode.FORBIDDEN: WireMapping(None, 403, "PERMISSION_DENIED"),
+    ErrorCode.GROUP_FULL: WireMapping(None, 409, "FAILED_PRECONDITION"),
+    ErrorCode.UNKNOWN_MESSAGE: WireMapping(None, 404, "NOT_FOUND"),
+    ErrorCode.TOO_LATE: WireMapping(None, 409, "FAILED_PRECONDITION"),
 }
 
 

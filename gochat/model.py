@@ -6,7 +6,26 @@ are, the gRPC bridge turns them into protobuf messages and back.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+class MessageKind:
+    """What a stored message is: text, or an event that changes an earlier message or the group.
+
+    Events are messages of their conversation with their own seq, so one
+    cursor per conversation syncs text and changes alike; ``ref_seq`` names
+    the message an edit or recall changes.
+    """
+
+    TEXT = "text"
+    EDIT = "edit"
+    RECALL = "recall"
+    #: A membership change of a group; the body is a JSON object (``action``, ``user``, ``by``, ``role``).
+    MEMBER = "member"
+
+    ALL = frozenset({TEXT, EDIT, RECALL, MEMBER})
+    #: The kinds a client may send; ``member`` events are written by logic only.
+    FROM_CLIENTS = frozenset({TEXT, EDIT, RECALL})
 
 
 @dataclass(frozen=True)
@@ -28,7 +47,11 @@ class LoginResult:
 
 @dataclass(frozen=True)
 class SendCommand:
-    """A client's request to send ``body`` to the user named ``to_username``."""
+    """A client's request to send ``body`` to the user named ``to_username``, or into the conversation ``conv``.
+
+    Exactly one of ``to_username`` and ``conv`` is set. ``kind`` is text, or
+    an edit or recall of the sender's own message ``ref_seq`` of ``conv``.
+    """
 
     sender_id: int
     sender: str
@@ -37,6 +60,9 @@ class SendCommand:
     client_msg_id: str
     to_username: str
     body: str
+    conv: str = ""
+    kind: str = MessageKind.TEXT
+    ref_seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -62,6 +88,8 @@ class StoredMessage:
     client_msg_id: str
     body: str
     ts: int
+    kind: str = MessageKind.TEXT
+    ref_seq: int = 0
 
     def ack(self) -> Ack:
         """The sender's ack for this message."""
@@ -87,15 +115,44 @@ class PersistRequest:
     participants: tuple[int, ...]
     origin_gateway: str
     origin_session: str
+    kind: str = MessageKind.TEXT
+    ref_seq: int = 0
+
+
+class SignalKind:
+    """Ephemeral events: told to whoever is online, never stored."""
+
+    TYPING = "typing"
+    READ = "read"
+
+
+@dataclass(frozen=True)
+class Signal:
+    """An ephemeral event about a conversation: *username* is typing, or has read it up to ``seq``."""
+
+    kind: str
+    conv: str
+    user_id: int
+    username: str
+    seq: int
+    ts: int
 
 
 @dataclass(frozen=True)
 class Delivery:
-    """A message for the sessions one gateway holds; the gateway frames it once."""
+    """A stored message or a signal for the sessions one gateway holds; the gateway frames it once.
+
+    ``user_ids[i]`` is the user ``session_ids[i]`` was routed for: the
+    gateway writes only to a session that still belongs to that user, so a
+    stale route can never leak a message. Exactly one of ``message`` and
+    ``signal`` is set.
+    """
 
     gateway_id: str
     session_ids: tuple[str, ...]
-    message: StoredMessage
+    user_ids: tuple[int, ...]
+    message: StoredMessage | None
+    signal: Signal | None = None
 
 
 @dataclass(frozen=True)
@@ -122,3 +179,55 @@ class SyncResult:
     @property
     def complete(self) -> bool:
         return all(c.complete for c in self.conversations)
+
+
+class GroupRole:
+    """A member's role in a group, from most to least powerful."""
+
+    OWNER = "owner"
+    ADMIN = "admin"
+    MEMBER = "member"
+
+    ALL = (OWNER, ADMIN, MEMBER)
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A group as a member sees it: its conversation key, name, size and the member's own role."""
+
+    group_id: int
+    conv: str
+    name: str
+    created_at: float
+    member_count: int
+    role: str
+
+
+@dataclass(frozen=True)
+class MemberInfo:
+    """One member of a group; they see the group's messages with seq above ``joined_seq``."""
+
+    user_id: int
+    username: str
+    role: str
+    joined_seq: int
+
+
+@dataclass(frozen=True)
+class ConversationInfo:
+    """One entry of a user's conversation list: newest seq, how far the user has read, and what is unread."""
+
+    conv: str
+    title: str
+    last_seq: int
+    read_seq: int
+    unread: int
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    """A page of a conversation in seq order, and how far each member has read it (by username)."""
+
+    conv: str
+    messages: tuple[StoredMessage, ...]
+    reads: dict[str, int] = field(default_factory=dict)

@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 
-from gochat.model import Ack, Delivery, Identity, LoginResult, SendCommand, SyncResult
+from gochat.model import (
+    Ack,
+    ConversationInfo,
+    Delivery,
+    GroupInfo,
+    HistoryPage,
+    Identity,
+    LoginResult,
+    MemberInfo,
+    SendCommand,
+    SyncResult,
+)
 
 if TYPE_CHECKING:
     from gochat.logic.chat import ChatLogic
@@ -63,6 +74,43 @@ class ILogicClient(Protocol):
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> Subscription:
         """Call *handler* with every delivery addressed to *gateway_id*, in order."""
 
+    def create_group(self, identity: Identity, name: str, usernames: Sequence[str]) -> Deferred[GroupInfo]:
+        """Create a group owned by the user, with the named users as members."""
+
+    def add_members(
+        self, identity: Identity, group_id: int, usernames: Sequence[str], role: str
+    ) -> Deferred[list[MemberInfo]]:
+        """Add users to a group (owner or admin only); fires with those added."""
+
+    def remove_member(self, identity: Identity, group_id: int, username: str) -> Deferred[None]:
+        """Remove a member (owner: anyone; admin: plain members)."""
+
+    def set_role(self, identity: Identity, group_id: int, username: str, role: str) -> Deferred[None]:
+        """Change a member's role (owner only; giving ``owner`` transfers ownership)."""
+
+    def leave_group(self, identity: Identity, group_id: int) -> Deferred[None]:
+        """Leave a group; an owner who leaves hands ownership on."""
+
+    def groups(self, user_id: int) -> Deferred[list[GroupInfo]]:
+        """The user's groups."""
+
+    def members(self, user_id: int, group_id: int) -> Deferred[list[MemberInfo]]:
+        """A group's members, for a member."""
+
+    def history(
+        self, user_id: int, conv: str, before: int | None, after: int | None, limit: int
+    ) -> Deferred[HistoryPage]:
+        """A page of a conversation by seq, for a member."""
+
+    def mark_read(self, identity: Identity, conv: str, seq: int, gateway_id: str, session_id: str) -> Deferred[int]:
+        """The user has read *conv* up to *seq*; the other members and the user's other sessions are told."""
+
+    def typing(self, identity: Identity, conv: str) -> Deferred[None]:
+        """Tell the conversation's other online members that the user is typing."""
+
+    def conversation_list(self, user_id: int) -> Deferred[list[ConversationInfo]]:
+        """The user's conversations with their unread counts."""
+
 
 class LocalLogicClient:
     """:class:`ILogicClient` over a :class:`ChatLogic` in this process."""
@@ -100,3 +148,40 @@ class LocalLogicClient:
 
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> Subscription:
         return self._logic.deliveries.subscribe(gateway_id, handler)
+
+    def create_group(self, identity: Identity, name: str, usernames: Sequence[str]) -> Deferred[GroupInfo]:
+        return self._logic.create_group(identity, name, usernames)
+
+    def add_members(
+        self, identity: Identity, group_id: int, usernames: Sequence[str], role: str
+    ) -> Deferred[list[MemberInfo]]:
+        return self._logic.add_members(identity, group_id, usernames, role)
+
+    def remove_member(self, identity: Identity, group_id: int, username: str) -> Deferred[None]:
+        return self._logic.remove_member(identity, group_id, username)
+
+    def set_role(self, identity: Identity, group_id: int, username: str, role: str) -> Deferred[None]:
+        return self._logic.set_role(identity, group_id, username, role)
+
+    def leave_group(self, identity: Identity, group_id: int) -> Deferred[None]:
+        return self._logic.leave_group(identity, group_id)
+
+    def groups(self, user_id: int) -> Deferred[list[GroupInfo]]:
+        return self._logic.groups(user_id)
+
+    def members(self, user_id: int, group_id: int) -> Deferred[list[MemberInfo]]:
+        return self._logic.members(user_id, group_id)
+
+    def history(
+        self, user_id: int, conv: str, before: int | None, after: int | None, limit: int
+    ) -> Deferred[HistoryPage]:
+        return self._logic.history(user_id, conv, before, after, limit)
+
+    def mark_read(self, identity: Identity, conv: str, seq: int, gateway_id: str, session_id: str) -> Deferred[int]:
+        return self._logic.mark_read(identity, conv, seq, gateway_id, session_id)
+
+    def typing(self, identity: Identity, conv: str) -> Deferred[None]:
+        return self._logic.typing(identity, conv)
+
+    def conversation_list(self, user_id: int) -> Deferred[list[ConversationInfo]]:
+        return self._logic.conversation_list(user_id)

@@ -78,14 +78,92 @@ class IMessageStore(Protocol):
     def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
         """Raise *user_id*'s acknowledged seq of *conv* to *seq* (never lower it, never past the last seq)."""
 
+    def messages_before(self, conv: str, before_seq: int, limit: int) -> Deferred[list[StoredMessage]]:
+        """Up to *limit* messages of *conv* with seq below *before_seq*: the newest such, in seq order."""
+
+    def message_at(self, conv: str, seq: int) -> Deferred[StoredMessage | None]:
+        """The message of *conv* at *seq*, if stored."""
+
+    def mark_read(self, user_id: int, conv: str, seq: int) -> Deferred[int]:
+        """Raise *user_id*'s read seq of *conv* to *seq* (never lower, never past the user's last seq).
+
+        Fires with the read seq now stored; 0 if the user has no such conversation.
+        """
+
+    def join(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        """Enter *conv* in *user_id*'s index as seen, acknowledged and read up to *seq* (a member joining a group).
+
+        Never lowers what is stored: a member who left and rejoins keeps
+        their positions if they are further.
+        """
+
+    def read_positions(self, conv: str) -> Deferred[dict[int, int]]:
+        """The read seq of every user who has *conv* in their index."""
+
 
 @dataclass(frozen=True)
 class ConversationState:
-    """One of a user's conversations: its newest seq and the highest seq the user acknowledged receiving."""
+    """One of a user's conversations: its newest seq (for this user), and how far the user received and read it.
+
+    ``unread`` counts the text messages of others between ``read_seq`` and ``last_seq``.
+    """
 
     conv: str
     last_seq: int
     acked_seq: int
+    read_seq: int = 0
+    unread: int = 0
+
+
+@dataclass(frozen=True)
+class Group:
+    """A stored group."""
+
+    group_id: int
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Member:
+    """A stored membership: who, with which role, seeing the group's messages above ``joined_seq``."""
+
+    user_id: int
+    username: str
+    role: str
+    joined_seq: int
+
+
+class IGroupStore(Protocol):
+    """Groups and their members. Each call is atomic."""
+
+    def create(self, name: str, members: Sequence[Member], created_at: float) -> Deferred[Group]:
+        """Store a new group with *members* (one of them the owner)."""
+
+    def get(self, group_id: int) -> Deferred[Group | None]:
+        """The group, if it exists."""
+
+    def members(self, group_id: int) -> Deferred[list[Member]]:
+        """Every member of the group, in the order they joined (empty for an unknown group)."""
+
+    def member(self, group_id: int, user_id: int) -> Deferred[Member | None]:
+        """*user_id*'s membership of the group, if any."""
+
+    def add_members(self, group_id: int, members: Sequence[Member], max_members: int) -> Deferred[list[Member]]:
+        """Add those of *members* not in the group yet; fires with the ones added.
+
+        Fails with ``group_full`` and adds nobody if the group would have more
+        than *max_members*.
+        """
+
+    def remove_member(self, group_id: int, user_id: int) -> Deferred[bool]:
+        """Remove a member; fires with whether they were one."""
+
+    def set_role(self, group_id: int, user_id: int, role: str) -> Deferred[bool]:
+        """Change a member's role; fires with whether they are a member."""
+
+    def groups_of(self, user_id: int) -> Deferred[list[tuple[Group, Member, int]]]:
+        """Every group *user_id* belongs to, with their membership and the group's member count, by group id."""
 
 
 class StaleSequenceError(Exception):
