@@ -37,11 +37,17 @@ from gochat.gateway.logic_client import DeliveryHandler
 from gochat.logic.chat import ChatLogic
 from gochat.model import (
     Ack,
+    ConversationInfo,
     ConversationSync,
     Delivery,
+    GroupInfo,
+    HistoryPage,
     Identity,
     LoginResult,
+    MemberInfo,
+    MessageKind,
     SendCommand,
+    Signal,
     StoredMessage,
     SyncResult,
 )
@@ -51,6 +57,16 @@ from gochat.v1 import logic_pb2_grpc as pb_grpc
 _log = Logger()
 ERROR_METADATA_KEY = "gochat-error"
 T = TypeVar("T")
+
+
+def kind_to_pb(kind: str) -> str:
+    """A message kind on the wire: empty for text (the common case costs no bytes)."""
+    return "" if kind == MessageKind.TEXT else kind
+
+
+def kind_from_pb(kind: str) -> str:
+    """A message kind off the wire; empty (as in bodies written before kinds existed) is text."""
+    return kind or MessageKind.TEXT
 
 
 def message_to_pb(message: StoredMessage) -> pb.Message:
@@ -63,6 +79,8 @@ def message_to_pb(message: StoredMessage) -> pb.Message:
         client_msg_id=message.client_msg_id,
         body=message.body,
         ts=message.ts,
+        kind=kind_to_pb(message.kind),
+        ref_seq=message.ref_seq,
     )
 
 
@@ -76,6 +94,110 @@ def message_from_pb(message: pb.Message) -> StoredMessage:
         client_msg_id=message.client_msg_id,
         body=message.body,
         ts=message.ts,
+        kind=kind_from_pb(message.kind),
+        ref_seq=message.ref_seq,
+    )
+
+
+def signal_to_pb(signal: Signal) -> pb.Signal:
+    return pb.Signal(
+        kind=signal.kind,
+        conv=signal.conv,
+        user_id=signal.user_id,
+        username=signal.username,
+        seq=signal.seq,
+        ts=signal.ts,
+    )
+
+
+def signal_from_pb(signal: pb.Signal) -> Signal:
+    return Signal(signal.kind, signal.conv, signal.user_id, signal.username, signal.seq, signal.ts)
+
+
+def delivery_to_pb(delivery: Delivery) -> pb.Delivery:
+    """The delivery on the wire (the gRPC stream and the gateway's RabbitMQ queue)."""
+    item = pb.Delivery(gateway_id=delivery.gateway_id, session_ids=delivery.session_ids, user_ids=delivery.user_ids)
+    if delivery.message is not None:
+        item.message.CopyFrom(message_to_pb(delivery.message))
+    elif delivery.signal is not None:
+        item.signal.CopyFrom(signal_to_pb(delivery.signal))
+    return item
+
+
+def delivery_from_pb(item: pb.Delivery) -> Delivery:
+    """The delivery *item* stands for.
+
+    ``ValueError`` if it is malformed: its sessions and users do not pair up,
+    or it carries neither a message nor a signal.
+    """
+    if len(item.session_ids) != len(item.user_ids):
+        raise ValueError(f"{len(item.session_ids)} session ids for {len(item.user_ids)} user ids")
+    payload = item.WhichOneof("payload")
+    if payload is None:
+        raise ValueError("a delivery with neither a message nor a signal")
+    return Delivery(
+        item.gateway_id,
+        tuple(item.session_ids),
+        tuple(item.user_ids),
+        message_from_pb(item.message) if payload == "message" else None,
+        signal_from_pb(item.signal) if payload == "signal" else None,
+    )
+
+
+def identity_to_pb(identity: Identity) -> pb.Identity:
+    return pb.Identity(user_id=identity.user_id, username=identity.username)
+
+
+def identity_from_pb(identity: pb.Identity) -> Identity:
+    return Identity(identity.user_id, identity.username)
+
+
+def group_to_pb(group: GroupInfo) -> pb.GroupInfo:
+    return pb.GroupInfo(
+        group_id=group.group_id,
+        conv=group.conv,
+        name=group.name,
+        created_at=group.created_at,
+        member_count=group.member_count,
+        role=group.role,
+    )
+
+
+def group_from_pb(group: pb.GroupInfo) -> GroupInfo:
+    return GroupInfo(group.group_id, group.conv, group.name, group.created_at, group.member_count, group.role)
+
+
+def member_to_pb(member: MemberInfo) -> pb.MemberInfo:
+    return pb.MemberInfo(
+        user_id=member.user_id, username=member.username, role=member.role, joined_seq=member.joined_seq
+    )
+
+
+def member_from_pb(member: pb.MemberInfo) -> MemberInfo:
+    return MemberInfo(member.user_id, member.username, member.role, member.joined_seq)
+
+
+def history_to_pb(page: HistoryPage) -> pb.HistoryReply:
+    return pb.HistoryReply(conv=page.conv, messages=[message_to_pb(m) for m in page.messages], reads=page.reads)
+
+
+def history_from_pb(reply: pb.HistoryReply) -> HistoryPage:
+    return HistoryPage(reply.conv, tuple(message_from_pb(m) for m in reply.messages), dict(reply.reads))
+
+
+def conversation_to_pb(conversation: ConversationInfo) -> pb.ConversationInfo:
+    return pb.ConversationInfo(
+        conv=conversation.conv,
+        title=conversation.title,
+        last_seq=conversation.last_seq,
+        read_seq=conversation.read_seq,
+        unread=conversation.unread,
+    )
+
+
+def conversation_from_pb(conversation: pb.ConversationInfo) -> ConversationInfo:
+    return ConversationInfo(
+        conversation.conv, conversation.title, conversation.last_seq, conversation.read_seq, conversation.unread
     )
 
 
@@ -147,7 +269,11 @@ class _StreamSubscription:
             try:
                 for item in self._call:
                     delay = 0.1
-                    delivery = Delivery(item.gateway_id, tuple(item.session_ids), message_from_pb(item.message))
+                    try:
+                        delivery = delivery_from_pb(item)
+                    except ValueError as e:
+                        self._reactor.callFromThread(_log.error, "dropping a malformed delivery: {error}", error=str(e))
+                        continue
                     self._reactor.callFromThread(self._handler, delivery)
             except grpc.RpcError as e:
                 if self._stopped.is_set():
@@ -223,6 +349,9 @@ class GrpcLogicClient:
             client_msg_id=command.client_msg_id,
             to_username=command.to_username,
             body=command.body,
+            conv=command.conv,
+            kind=kind_to_pb(command.kind),
+            ref_seq=command.ref_seq,
         )
         return self._call(
             self._stub.Send,
@@ -247,6 +376,62 @@ class GrpcLogicClient:
     def presence(self, user_id: int, usernames: Sequence[str]) -> Deferred[dict[str, bool]]:
         request = pb.PresenceRequest(user_id=user_id, usernames=list(usernames))
         return self._call(self._stub.Presence, request, lambda reply: dict(reply.online))
+
+    def create_group(self, identity: Identity, name: str, usernames: Sequence[str]) -> Deferred[GroupInfo]:
+        request = pb.CreateGroupRequest(identity=identity_to_pb(identity), name=name, usernames=list(usernames))
+        return self._call(self._stub.CreateGroup, request, lambda reply: group_from_pb(reply.group))
+
+    def add_members(
+        self, identity: Identity, group_id: int, usernames: Sequence[str], role: str
+    ) -> Deferred[list[MemberInfo]]:
+        request = pb.AddMembersRequest(
+            identity=identity_to_pb(identity), group_id=group_id, usernames=list(usernames), role=role
+        )
+        return self._call(self._stub.AddMembers, request, lambda reply: [member_from_pb(m) for m in reply.added])
+
+    def remove_member(self, identity: Identity, group_id: int, username: str) -> Deferred[None]:
+        request = pb.RemoveMemberRequest(identity=identity_to_pb(identity), group_id=group_id, username=username)
+        return self._call(self._stub.RemoveMember, request, lambda reply: None)
+
+    def set_role(self, identity: Identity, group_id: int, username: str, role: str) -> Deferred[None]:
+        request = pb.SetRoleRequest(identity=identity_to_pb(identity), group_id=group_id, username=username, role=role)
+        return self._call(self._stub.SetRole, request, lambda reply: None)
+
+    def leave_group(self, identity: Identity, group_id: int) -> Deferred[None]:
+        request = pb.LeaveGroupRequest(identity=identity_to_pb(identity), group_id=group_id)
+        return self._call(self._stub.LeaveGroup, request, lambda reply: None)
+
+    def groups(self, user_id: int) -> Deferred[list[GroupInfo]]:
+        request = pb.GroupsRequest(user_id=user_id)
+        return self._call(self._stub.Groups, request, lambda reply: [group_from_pb(g) for g in reply.groups])
+
+    def members(self, user_id: int, group_id: int) -> Deferred[list[MemberInfo]]:
+        request = pb.MembersRequest(user_id=user_id, group_id=group_id)
+        return self._call(self._stub.Members, request, lambda reply: [member_from_pb(m) for m in reply.members])
+
+    def history(
+        self, user_id: int, conv: str, before: int | None, after: int | None, limit: int
+    ) -> Deferred[HistoryPage]:
+        request = pb.HistoryRequest(user_id=user_id, conv=conv, before=before, after=after, limit=limit)
+        return self._call(self._stub.History, request, history_from_pb)
+
+    def mark_read(self, identity: Identity, conv: str, seq: int, gateway_id: str, session_id: str) -> Deferred[int]:
+        request = pb.MarkReadRequest(
+            identity=identity_to_pb(identity), conv=conv, seq=seq, gateway_id=gateway_id, session_id=session_id
+        )
+        return self._call(self._stub.MarkRead, request, lambda reply: int(reply.read_seq))
+
+    def typing(self, identity: Identity, conv: str) -> Deferred[None]:
+        request = pb.TypingRequest(identity=identity_to_pb(identity), conv=conv)
+        return self._call(self._stub.Typing, request, lambda reply: None)
+
+    def conversation_list(self, user_id: int) -> Deferred[list[ConversationInfo]]:
+        request = pb.ConversationListRequest(user_id=user_id)
+        return self._call(
+            self._stub.ConversationList,
+            request,
+            lambda reply: [conversation_from_pb(c) for c in reply.conversations],
+        )
 
     def subscribe(self, gateway_id: str, handler: DeliveryHandler) -> _StreamSubscription:
         subscription = _StreamSubscription(self._stub, self._reactor, gateway_id, handler, retry_max=5.0)
@@ -321,6 +506,9 @@ class LogicServicer(pb_grpc.LogicServicer):
             client_msg_id=request.client_msg_id,
             to_username=request.to_username,
             body=request.body,
+            conv=request.conv,
+            kind=kind_from_pb(request.kind),
+            ref_seq=request.ref_seq,
         )
         if not self._send_slots.acquire(blocking=False):
             context.set_trailing_metadata(((ERROR_METADATA_KEY, ErrorCode.UNAVAILABLE.value),))
@@ -353,6 +541,63 @@ class LogicServicer(pb_grpc.LogicServicer):
     def Presence(self, request: pb.PresenceRequest, context: grpc.ServicerContext) -> pb.PresenceReply:
         online = self._run(context, self._logic.presence, request.user_id, list(request.usernames))
         return pb.PresenceReply(online=online)
+
+    def CreateGroup(self, request: pb.CreateGroupRequest, context: grpc.ServicerContext) -> pb.CreateGroupReply:
+        identity = identity_from_pb(request.identity)
+        group = self._run(context, self._logic.create_group, identity, request.name, list(request.usernames))
+        return pb.CreateGroupReply(group=group_to_pb(group))
+
+    def AddMembers(self, request: pb.AddMembersRequest, context: grpc.ServicerContext) -> pb.AddMembersReply:
+        identity = identity_from_pb(request.identity)
+        added = self._run(
+            context, self._logic.add_members, identity, request.group_id, list(request.usernames), request.role
+        )
+        return pb.AddMembersReply(added=[member_to_pb(m) for m in added])
+
+    def RemoveMember(self, request: pb.RemoveMemberRequest, context: grpc.ServicerContext) -> pb.RemoveMemberReply:
+        identity = identity_from_pb(request.identity)
+        self._run(context, self._logic.remove_member, identity, request.group_id, request.username)
+        return pb.RemoveMemberReply()
+
+    def SetRole(self, request: pb.SetRoleRequest, context: grpc.ServicerContext) -> pb.SetRoleReply:
+        identity = identity_from_pb(request.identity)
+        self._run(context, self._logic.set_role, identity, request.group_id, request.username, request.role)
+        return pb.SetRoleReply()
+
+    def LeaveGroup(self, request: pb.LeaveGroupRequest, context: grpc.ServicerContext) -> pb.LeaveGroupReply:
+        self._run(context, self._logic.leave_group, identity_from_pb(request.identity), request.group_id)
+        return pb.LeaveGroupReply()
+
+    def Groups(self, request: pb.GroupsRequest, context: grpc.ServicerContext) -> pb.GroupsReply:
+        groups = self._run(context, self._logic.groups, request.user_id)
+        return pb.GroupsReply(groups=[group_to_pb(g) for g in groups])
+
+    def Members(self, request: pb.MembersRequest, context: grpc.ServicerContext) -> pb.MembersReply:
+        members = self._run(context, self._logic.members, request.user_id, request.group_id)
+        return pb.MembersReply(members=[member_to_pb(m) for m in members])
+
+    def History(self, request: pb.HistoryRequest, context: grpc.ServicerContext) -> pb.HistoryReply:
+        before = request.before if request.HasField("before") else None
+        after = request.after if request.HasField("after") else None
+        page = self._run(context, self._logic.history, request.user_id, request.conv, before, after, request.limit)
+        return history_to_pb(page)
+
+    def MarkRead(self, request: pb.MarkReadRequest, context: grpc.ServicerContext) -> pb.MarkReadReply:
+        identity = identity_from_pb(request.identity)
+        read_seq = self._run(
+            context, self._logic.mark_read, identity, request.conv, request.seq, request.gateway_id, request.session_id
+        )
+        return pb.MarkReadReply(read_seq=read_seq)
+
+    def Typing(self, request: pb.TypingRequest, context: grpc.ServicerContext) -> pb.TypingReply:
+        self._run(context, self._logic.typing, identity_from_pb(request.identity), request.conv)
+        return pb.TypingReply()
+
+    def ConversationList(
+        self, request: pb.ConversationListRequest, context: grpc.ServicerContext
+    ) -> pb.ConversationListReply:
+        conversations = self._run(context, self._logic.conversation_list, request.user_id)
+        return pb.ConversationListReply(conversations=[conversation_to_pb(c) for c in conversations])
 
     def Deliveries(self, request: pb.DeliveriesRequest, context: grpc.ServicerContext) -> Iterator[pb.Delivery]:
         """Stream the gateway's deliveries until it hangs up.
@@ -392,9 +637,7 @@ class LogicServicer(pb_grpc.LogicServicer):
                 if item is _END_OF_STREAM:
                     break
                 assert isinstance(item, Delivery)
-                yield pb.Delivery(
-                    gateway_id=item.gateway_id, session_ids=item.session_ids, message=message_to_pb(item.message)
-                )
+                yield delivery_to_pb(item)
         finally:
             self._reactor.callFromThread(subscription.cancel)
         if overflowed.is_set():

@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.grpc_bridge import message_from_pb, message_to_pb
+from gochat.grpc_bridge import delivery_from_pb, delivery_to_pb
 from gochat.logic.amqp import AmqpBus, BrokerMessage, Consumer, QueueSpec
 from gochat.logic.interfaces import DeliveryHandler
 from gochat.model import Delivery
@@ -43,9 +43,8 @@ def gateway_queue_spec(gateway_id: str) -> QueueSpec:
 
 
 def encode_delivery(delivery: Delivery) -> bytes:
-    return pb.Delivery(
-        gateway_id=delivery.gateway_id, session_ids=delivery.session_ids, message=message_to_pb(delivery.message)
-    ).SerializeToString()
+    """The body of *delivery* on a gateway's queue: the ``gochat.v1.Delivery`` the gRPC stream carries too."""
+    return delivery_to_pb(delivery).SerializeToString()
 
 
 def decode_delivery(body: bytes) -> Delivery:
@@ -54,7 +53,16 @@ def decode_delivery(body: bytes) -> Delivery:
         item = pb.Delivery.FromString(body)
     except Exception as e:  # protobuf's DecodeError
         raise ValueError(f"undecodable delivery: {e}") from e
-    return Delivery(item.gateway_id, tuple(item.session_ids), message_from_pb(item.message))
+    return delivery_from_pb(item)
+
+
+def describe(delivery: Delivery) -> str:
+    """What *delivery* carries, for a log line: ``message 123`` or ``typing signal in g:7``."""
+    if delivery.message is not None:
+        return f"message {delivery.message.msg_id}"
+    if delivery.signal is not None:
+        return f"{delivery.signal.kind} signal in {delivery.signal.conv}"
+    return "empty delivery"
 
 
 class _Subscription:
@@ -80,8 +88,8 @@ class AmqpDeliveryBus:
     def _publish_failed(self, failure: Failure, delivery: Delivery) -> Failure | None:
         if isinstance(failure.value, GochatError) and failure.value.code is ErrorCode.UNAVAILABLE:
             _log.info(
-                "delivery of {msg_id} to gateway {gateway_id} not taken ({reason}); its sessions recover by sync",
-                msg_id=delivery.message.msg_id,
+                "delivery of {what} to gateway {gateway_id} not taken ({reason}); its sessions recover by sync",
+                what=describe(delivery),
                 gateway_id=delivery.gateway_id,
                 reason=failure.value.message,
             )

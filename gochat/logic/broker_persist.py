@@ -34,7 +34,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.grpc_bridge import message_from_pb, message_to_pb
+from gochat.grpc_bridge import kind_from_pb, kind_to_pb, message_from_pb, message_to_pb
 from gochat.logic.amqp import AmqpBus, BrokerMessage, Consumer, QueueSpec
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.interfaces import IMessageStore
@@ -70,6 +70,8 @@ def encode_request(request: PersistRequest, reply_to: str) -> bytes:
         origin_gateway=request.origin_gateway,
         origin_session=request.origin_session,
         reply_to=reply_to,
+        kind=kind_to_pb(request.kind),
+        ref_seq=request.ref_seq,
     ).SerializeToString()
 
 
@@ -90,6 +92,8 @@ def decode_request(body: bytes) -> tuple[PersistRequest, str]:
         participants=tuple(message.participants),
         origin_gateway=message.origin_gateway,
         origin_session=message.origin_session,
+        kind=kind_from_pb(message.kind),
+        ref_seq=message.ref_seq,
     )
     return request, message.reply_to
 

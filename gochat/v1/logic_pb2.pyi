@@ -6,6 +6,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Identity(_message.Message):
+    __slots__ = ("user_id", "username")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    username: str
+    def __init__(self, user_id: _Optional[int] = ..., username: _Optional[str] = ...) -> None: ...
+
 class RegisterRequest(_message.Message):
     __slots__ = ("username", "password")
     USERNAME_FIELD_NUMBER: _ClassVar[int]
@@ -71,7 +79,7 @@ class DisconnectReply(_message.Message):
     def __init__(self) -> None: ...
 
 class SendRequest(_message.Message):
-    __slots__ = ("sender_id", "gateway_id", "session_id", "client_msg_id", "to_username", "body", "sender")
+    __slots__ = ("sender_id", "gateway_id", "session_id", "client_msg_id", "to_username", "body", "sender", "conv", "kind", "ref_seq")
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +87,9 @@ class SendRequest(_message.Message):
     TO_USERNAME_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REF_SEQ_FIELD_NUMBER: _ClassVar[int]
     sender_id: int
     gateway_id: str
     session_id: str
@@ -86,7 +97,10 @@ class SendRequest(_message.Message):
     to_username: str
     body: str
     sender: str
-    def __init__(self, sender_id: _Optional[int] = ..., gateway_id: _Optional[str] = ..., session_id: _Optional[str] = ..., client_msg_id: _Optional[str] = ..., to_username: _Optional[str] = ..., body: _Optional[str] = ..., sender: _Optional[str] = ...) -> None: ...
+    conv: str
+    kind: str
+    ref_seq: int
+    def __init__(self, sender_id: _Optional[int] = ..., gateway_id: _Optional[str] = ..., session_id: _Optional[str] = ..., client_msg_id: _Optional[str] = ..., to_username: _Optional[str] = ..., body: _Optional[str] = ..., sender: _Optional[str] = ..., conv: _Optional[str] = ..., kind: _Optional[str] = ..., ref_seq: _Optional[int] = ...) -> None: ...
 
 class SendReply(_message.Message):
     __slots__ = ("client_msg_id", "msg_id", "conv", "seq", "ts")
@@ -109,7 +123,7 @@ class DeliveriesRequest(_message.Message):
     def __init__(self, gateway_id: _Optional[str] = ...) -> None: ...
 
 class Message(_message.Message):
-    __slots__ = ("msg_id", "conv", "seq", "sender_id", "sender", "client_msg_id", "body", "ts")
+    __slots__ = ("msg_id", "conv", "seq", "sender_id", "sender", "client_msg_id", "body", "ts", "kind", "ref_seq")
     MSG_ID_FIELD_NUMBER: _ClassVar[int]
     CONV_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +132,8 @@ class Message(_message.Message):
     CLIENT_MSG_ID_FIELD_NUMBER: _ClassVar[int]
     BODY_FIELD_NUMBER: _ClassVar[int]
     TS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REF_SEQ_FIELD_NUMBER: _ClassVar[int]
     msg_id: int
     conv: str
     seq: int
@@ -126,20 +142,42 @@ class Message(_message.Message):
     client_msg_id: str
     body: str
     ts: int
-    def __init__(self, msg_id: _Optional[int] = ..., conv: _Optional[str] = ..., seq: _Optional[int] = ..., sender_id: _Optional[int] = ..., sender: _Optional[str] = ..., client_msg_id: _Optional[str] = ..., body: _Optional[str] = ..., ts: _Optional[int] = ...) -> None: ...
+    kind: str
+    ref_seq: int
+    def __init__(self, msg_id: _Optional[int] = ..., conv: _Optional[str] = ..., seq: _Optional[int] = ..., sender_id: _Optional[int] = ..., sender: _Optional[str] = ..., client_msg_id: _Optional[str] = ..., body: _Optional[str] = ..., ts: _Optional[int] = ..., kind: _Optional[str] = ..., ref_seq: _Optional[int] = ...) -> None: ...
+
+class Signal(_message.Message):
+    __slots__ = ("kind", "conv", "user_id", "username", "seq", "ts")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    conv: str
+    user_id: int
+    username: str
+    seq: int
+    ts: int
+    def __init__(self, kind: _Optional[str] = ..., conv: _Optional[str] = ..., user_id: _Optional[int] = ..., username: _Optional[str] = ..., seq: _Optional[int] = ..., ts: _Optional[int] = ...) -> None: ...
 
 class Delivery(_message.Message):
-    __slots__ = ("gateway_id", "session_ids", "message")
+    __slots__ = ("gateway_id", "session_ids", "message", "signal", "user_ids")
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_IDS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    SIGNAL_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
     gateway_id: str
     session_ids: _containers.RepeatedScalarFieldContainer[str]
     message: Message
-    def __init__(self, gateway_id: _Optional[str] = ..., session_ids: _Optional[_Iterable[str]] = ..., message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+    signal: Signal
+    user_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, gateway_id: _Optional[str] = ..., session_ids: _Optional[_Iterable[str]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., signal: _Optional[_Union[Signal, _Mapping]] = ..., user_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class PersistRequest(_message.Message):
-    __slots__ = ("msg_id", "conv", "sender_id", "sender", "client_msg_id", "body", "ts", "participants", "origin_gateway", "origin_session", "reply_to")
+    __slots__ = ("msg_id", "conv", "sender_id", "sender", "client_msg_id", "body", "ts", "participants", "origin_gateway", "origin_session", "reply_to", "kind", "ref_seq")
     MSG_ID_FIELD_NUMBER: _ClassVar[int]
     CONV_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +189,8 @@ class PersistRequest(_message.Message):
     ORIGIN_GATEWAY_FIELD_NUMBER: _ClassVar[int]
     ORIGIN_SESSION_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REF_SEQ_FIELD_NUMBER: _ClassVar[int]
     msg_id: int
     conv: str
     sender_id: int
@@ -162,7 +202,9 @@ class PersistRequest(_message.Message):
     origin_gateway: str
     origin_session: str
     reply_to: str
-    def __init__(self, msg_id: _Optional[int] = ..., conv: _Optional[str] = ..., sender_id: _Optional[int] = ..., sender: _Optional[str] = ..., client_msg_id: _Optional[str] = ..., body: _Optional[str] = ..., ts: _Optional[int] = ..., participants: _Optional[_Iterable[int]] = ..., origin_gateway: _Optional[str] = ..., origin_session: _Optional[str] = ..., reply_to: _Optional[str] = ...) -> None: ...
+    kind: str
+    ref_seq: int
+    def __init__(self, msg_id: _Optional[int] = ..., conv: _Optional[str] = ..., sender_id: _Optional[int] = ..., sender: _Optional[str] = ..., client_msg_id: _Optional[str] = ..., body: _Optional[str] = ..., ts: _Optional[int] = ..., participants: _Optional[_Iterable[int]] = ..., origin_gateway: _Optional[str] = ..., origin_session: _Optional[str] = ..., reply_to: _Optional[str] = ..., kind: _Optional[str] = ..., ref_seq: _Optional[int] = ...) -> None: ...
 
 class PersistReply(_message.Message):
     __slots__ = ("request_msg_id", "message")
@@ -257,3 +299,222 @@ class PresenceReply(_message.Message):
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     online: _containers.ScalarMap[str, bool]
     def __init__(self, online: _Optional[_Mapping[str, bool]] = ...) -> None: ...
+
+class GroupInfo(_message.Message):
+    __slots__ = ("group_id", "conv", "name", "created_at", "member_count", "role")
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    group_id: int
+    conv: str
+    name: str
+    created_at: float
+    member_count: int
+    role: str
+    def __init__(self, group_id: _Optional[int] = ..., conv: _Optional[str] = ..., name: _Optional[str] = ..., created_at: _Optional[float] = ..., member_count: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
+
+class MemberInfo(_message.Message):
+    __slots__ = ("user_id", "username", "role", "joined_seq")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    JOINED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    username: str
+    role: str
+    joined_seq: int
+    def __init__(self, user_id: _Optional[int] = ..., username: _Optional[str] = ..., role: _Optional[str] = ..., joined_seq: _Optional[int] = ...) -> None: ...
+
+class CreateGroupRequest(_message.Message):
+    __slots__ = ("identity", "name", "usernames")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    USERNAMES_FIELD_NUMBER: _ClassVar[int]
+    identity: Identity
+    name: str
+    usernames: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, identity: _Optional[_Union[Identity, _Mapping]] = ..., name: _Optional[str] = ..., usernames: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CreateGroupReply(_message.Message):
+    __slots__ = ("group",)
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    group: GroupInfo
+    def __init__(self, group: _Optional[_Union[GroupInfo, _Mapping]] = ...) -> None: ...
+
+class AddMembersRequest(_message.Message):
+    __slots__ = ("identity", "group_id", "usernames", "role")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAMES_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    identity: Identity
+    group_id: int
+    usernames: _containers.RepeatedScalarFieldContainer[str]
+    role: str
+    def __init__(self, identity: _Optional[_Union[Identity, _Mapping]] = ..., group_id: _Optional[int] = ..., usernames: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ...) -> None: ...
+
+class AddMembersReply(_message.Message):
+    __slots__ = ("added",)
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    added: _containers.RepeatedCompositeFieldContainer[MemberInfo]
+    def __init__(self, added: _Optional[_Iterable[_Union[MemberInfo, _Mapping]]] = ...) -> None: ...
+
+class RemoveMemberRequest(_message.Message):
+    __slots__ = ("identity", "group_id", "username")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    identity: Identity
+    group_id: int
+    username: str
+    def __init__(self, identity: _Optional[_Union[Identity, _Mapping]] = ..., group_id: _Optional[int] = ..., username: _Optional[str] = ...) -> None: ...
+
+class RemoveMemberReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SetRoleRequest(_message.Message):
+    __slots__ = ("identity", "group_id", "username", "role")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    identity: Identity
+    group_id: int
+    username: str
+    role: str
+    def __init__(self, identity: _Optional[_Union[Identity, _Mapping]] = ..., group_id: _Optional[int] = ..., username: _Optional[str] = ..., role: _Optional[str] = ...) -> None: ...
+
+class SetRoleReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class LeaveGroupRequest(_message.Message):
+    __slots__ = ("identity", "group_id")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    identity: Identity
+    group_id: int
+    def __init__(self, identity: _Optional[_Union[Identity, _Mapping]] = ..., group_id: _Optional[int] = ...) -> None: ...
+
+class LeaveGroupReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GroupsRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    def __init__(self, user_id: _Optional[int] = ...) -> None: ...
+
+class GroupsReply(_message.Message):
+    __slots__ = ("groups",)
+    GROUPS_FIELD_NUMBER: _ClassVar[int]
+    groups: _containers.RepeatedCompositeFieldContainer[GroupInfo]
+    def __init__(self, groups: _Optional[_Iterable[_Union[GroupInfo, _Mapping]]] = ...) -> None: ...
+
+class MembersRequest(_message.Message):
+    __slots__ = ("user_id", "group_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    group_id: int
+    def __init__(self, user_id: _Optional[int] = ..., group_id: _Optional[int] = ...) -> None: ...
+
+class MembersReply(_message.Message):
+    __slots__ = ("members",)
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[MemberInfo]
+    def __init__(self, members: _Optional[_Iterable[_Union[MemberInfo, _Mapping]]] = ...) -> None: ...
+
+class HistoryRequest(_message.Message):
+    __slots__ = ("user_id", "conv", "before", "after", "limit")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    conv: str
+    before: int
+    after: int
+    limit: int
+    def __init__(self, user_id: _Optional[int] = ..., conv: _Optional[str] = ..., before: _Optional[int] = ..., after: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class HistoryReply(_message.Message):
+    __slots__ = ("conv", "messages", "reads")
+    class ReadsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    READS_FIELD_NUMBER: _ClassVar[int]
+    conv: str
+    messages: _containers.RepeatedCompositeFieldContainer[Message]
+    reads: _containers.ScalarMap[str, int]
+    def __init__(self, conv: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., reads: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class MarkReadRequest(_message.Message):
+    __slots__ = ("identity", "conv", "seq", "gateway_id", "session_id")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    identity: Identity
+    conv: str
+    seq: int
+    gateway_id: str
+    session_id: str
+    def __init__(self, identity: _Optional[_Union[Identity, _Mapping]] = ..., conv: _Optional[str] = ..., seq: _Optional[int] = ..., gateway_id: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class MarkReadReply(_message.Message):
+    __slots__ = ("read_seq",)
+    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    read_seq: int
+    def __init__(self, read_seq: _Optional[int] = ...) -> None: ...
+
+class TypingRequest(_message.Message):
+    __slots__ = ("identity", "conv")
+    IDENTITY_FIELD_NUMBER: _ClassVar[int]
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    identity: Identity
+    conv: str
+    def __init__(self, identity: _Optional[_Union[Identity, _Mapping]] = ..., conv: _Optional[str] = ...) -> None: ...
+
+class TypingReply(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ConversationInfo(_message.Message):
+    __slots__ = ("conv", "title", "last_seq", "read_seq", "unread")
+    CONV_FIELD_NUMBER: _ClassVar[int]
+    TITLE_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    READ_SEQ_FIELD_NUMBER: _ClassVar[int]
+    UNREAD_FIELD_NUMBER: _ClassVar[int]
+    conv: str
+    title: str
+    last_seq: int
+    read_seq: int
+    unread: int
+    def __init__(self, conv: _Optional[str] = ..., title: _Optional[str] = ..., last_seq: _Optional[int] = ..., read_seq: _Optional[int] = ..., unread: _Optional[int] = ...) -> None: ...
+
+class ConversationListRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: int
+    def __init__(self, user_id: _Optional[int] = ...) -> None: ...
+
+class ConversationListReply(_message.Message):
+    __slots__ = ("conversations",)
+    CONVERSATIONS_FIELD_NUMBER: _ClassVar[int]
+    conversations: _containers.RepeatedCompositeFieldContainer[ConversationInfo]
+    def __init__(self, conversations: _Optional[_Iterable[_Union[ConversationInfo, _Mapping]]] = ...) -> None: ...

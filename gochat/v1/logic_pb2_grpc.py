@@ -84,6 +84,61 @@ class LogicStub:
                 request_serializer=gochat_dot_v1_dot_logic__pb2.PresenceRequest.SerializeToString,
                 response_deserializer=gochat_dot_v1_dot_logic__pb2.PresenceReply.FromString,
                 _registered_method=True)
+        self.CreateGroup = channel.unary_unary(
+                '/gochat.v1.Logic/CreateGroup',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.CreateGroupRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.CreateGroupReply.FromString,
+                _registered_method=True)
+        self.AddMembers = channel.unary_unary(
+                '/gochat.v1.Logic/AddMembers',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.AddMembersRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.AddMembersReply.FromString,
+                _registered_method=True)
+        self.RemoveMember = channel.unary_unary(
+                '/gochat.v1.Logic/RemoveMember',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.RemoveMemberRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.RemoveMemberReply.FromString,
+                _registered_method=True)
+        self.SetRole = channel.unary_unary(
+                '/gochat.v1.Logic/SetRole',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.SetRoleRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.SetRoleReply.FromString,
+                _registered_method=True)
+        self.LeaveGroup = channel.unary_unary(
+                '/gochat.v1.Logic/LeaveGroup',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.LeaveGroupRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.LeaveGroupReply.FromString,
+                _registered_method=True)
+        self.Groups = channel.unary_unary(
+                '/gochat.v1.Logic/Groups',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.GroupsRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.GroupsReply.FromString,
+                _registered_method=True)
+        self.Members = channel.unary_unary(
+                '/gochat.v1.Logic/Members',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.MembersRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.MembersReply.FromString,
+                _registered_method=True)
+        self.History = channel.unary_unary(
+                '/gochat.v1.Logic/History',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.HistoryReply.FromString,
+                _registered_method=True)
+        self.MarkRead = channel.unary_unary(
+                '/gochat.v1.Logic/MarkRead',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.MarkReadRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.MarkReadReply.FromString,
+                _registered_method=True)
+        self.Typing = channel.unary_unary(
+                '/gochat.v1.Logic/Typing',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.TypingRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.TypingReply.FromString,
+                _registered_method=True)
+        self.ConversationList = channel.unary_unary(
+                '/gochat.v1.Logic/ConversationList',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.ConversationListRequest.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.ConversationListReply.FromString,
+                _registered_method=True)
 
 
 class LogicServicer:
@@ -159,6 +214,89 @@ class LogicServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateGroup(self, request, context):
+        """Groups and conversation features: one RPC per ILogicClient method, named
+        after it (gochat/gateway/logic_client.py). Calls made on a user's behalf
+        carry the user's Identity; refusals are "not_member" (not in the group or
+        conversation), "forbidden" (the role does not allow it), "group_full",
+        "unknown_user" and "bad_request".
+
+        Create a group owned by the caller with the named users as members.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddMembers(self, request, context):
+        """Add users to a group with a role (owner or admin only); the reply lists those added.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveMember(self, request, context):
+        """Remove a member (owner: anyone; admin: plain members).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetRole(self, request, context):
+        """Change a member's role (owner only; giving "owner" transfers ownership).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaveGroup(self, request, context):
+        """Leave a group; an owner who leaves hands ownership on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Groups(self, request, context):
+        """The groups a user belongs to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Members(self, request, context):
+        """A group's members, for a member.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def History(self, request, context):
+        """A page of a conversation by seq, for a member, with how far each member has read it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MarkRead(self, request, context):
+        """A user has read a conversation up to a seq; the other members and the user's other sessions are told.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Typing(self, request, context):
+        """A user is typing in a conversation; its other online members are told (never stored).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConversationList(self, request, context):
+        """A user's conversations with their unread counts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogicServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -211,6 +349,61 @@ def add_LogicServicer_to_server(servicer, server):
                     servicer.Presence,
                     request_deserializer=gochat_dot_v1_dot_logic__pb2.PresenceRequest.FromString,
                     response_serializer=gochat_dot_v1_dot_logic__pb2.PresenceReply.SerializeToString,
+            ),
+            'CreateGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGroup,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.CreateGroupRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.CreateGroupReply.SerializeToString,
+            ),
+            'AddMembers': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddMembers,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.AddMembersRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.AddMembersReply.SerializeToString,
+            ),
+            'RemoveMember': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveMember,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.RemoveMemberRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.RemoveMemberReply.SerializeToString,
+            ),
+            'SetRole': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetRole,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.SetRoleRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.SetRoleReply.SerializeToString,
+            ),
+            'LeaveGroup': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaveGroup,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.LeaveGroupRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.LeaveGroupReply.SerializeToString,
+            ),
+            'Groups': grpc.unary_unary_rpc_method_handler(
+                    servicer.Groups,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.GroupsRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.GroupsReply.SerializeToString,
+            ),
+            'Members': grpc.unary_unary_rpc_method_handler(
+                    servicer.Members,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.MembersRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.MembersReply.SerializeToString,
+            ),
+            'History': grpc.unary_unary_rpc_method_handler(
+                    servicer.History,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.HistoryRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.HistoryReply.SerializeToString,
+            ),
+            'MarkRead': grpc.unary_unary_rpc_method_handler(
+                    servicer.MarkRead,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.MarkReadRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.MarkReadReply.SerializeToString,
+            ),
+            'Typing': grpc.unary_unary_rpc_method_handler(
+                    servicer.Typing,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.TypingRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.TypingReply.SerializeToString,
+            ),
+            'ConversationList': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConversationList,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.ConversationListRequest.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.ConversationListReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -483,6 +676,303 @@ class Logic:
             '/gochat.v1.Logic/Presence',
             gochat_dot_v1_dot_logic__pb2.PresenceRequest.SerializeToString,
             gochat_dot_v1_dot_logic__pb2.PresenceReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/CreateGroup',
+            gochat_dot_v1_dot_logic__pb2.CreateGroupRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.CreateGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddMembers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/AddMembers',
+            gochat_dot_v1_dot_logic__pb2.AddMembersRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.AddMembersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveMember(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/RemoveMember',
+            gochat_dot_v1_dot_logic__pb2.RemoveMemberRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.RemoveMemberReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetRole(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/SetRole',
+            gochat_dot_v1_dot_logic__pb2.SetRoleRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.SetRoleReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaveGroup(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/LeaveGroup',
+            gochat_dot_v1_dot_logic__pb2.LeaveGroupRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.LeaveGroupReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Groups(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/Groups',
+            gochat_dot_v1_dot_logic__pb2.GroupsRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.GroupsReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Members(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/Members',
+            gochat_dot_v1_dot_logic__pb2.MembersRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.MembersReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def History(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/History',
+            gochat_dot_v1_dot_logic__pb2.HistoryRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.HistoryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MarkRead(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/MarkRead',
+            gochat_dot_v1_dot_logic__pb2.MarkReadRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.MarkReadReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Typing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/Typing',
+            gochat_dot_v1_dot_logic__pb2.TypingRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.TypingReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConversationList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/gochat.v1.Logic/ConversationList',
+            gochat_dot_v1_dot_logic__pb2.ConversationListRequest.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.ConversationListReply.FromString,
             options,
             channel_credentials,
             insecure,
