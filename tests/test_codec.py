@@ -334,6 +334,7 @@ class EncodeTests(SynchronousTestCase):
                     "client_msg_id": "c9",
                     "body": "grüße 👋",
                     "ts": 1_700_000_000_000,
+                    "kind": "text",
                 },
             },
         )

@@ -25,7 +25,13 @@ from gochat.gateway.websocket import GatewayFactory
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.chat import ChatLogic, ChatSettings, PasswordHasher
 from gochat.logic.delivery import Deliverer
-from gochat.logic.memory import InMemoryAccountStore, InMemoryDeliveryBus, InMemoryMessageStore, InMemoryRouteStore
+from gochat.logic.memory import (
+    InMemoryAccountStore,
+    InMemoryDeliveryBus,
+    InMemoryGroupStore,
+    InMemoryMessageStore,
+    InMemoryRouteStore,
+)
 from gochat.logic.passwords import ScryptCost, hash_password, verify_password
 from gochat.logic.persist import PersistWorker
 from gochat.logic.sequencing import MessageIdGenerator
@@ -47,6 +53,7 @@ def build_logic(
     messages: InMemoryMessageStore | None = None,
     max_pending: int = 100_000,
     accounts: InMemoryAccountStore | None = None,
+    settings: ChatSettings | None = None,
 ) -> ChatLogic:
     """ChatLogic on in-memory stores with cheap password hashing, wired as the embedded default is."""
     routes, bus = InMemoryRouteStore(), InMemoryDeliveryBus()
@@ -61,13 +68,14 @@ def build_logic(
         accounts=accounts if accounts is not None else InMemoryAccountStore(),
         persist=worker,
         messages=messages,
+        groups=InMemoryGroupStore(),
         routes=routes,
         deliveries=bus,
         tokens=TokenSigner(b"k" * 32),
         hasher=PasswordHasher(run_now, lambda p: hash_password(p, CHEAP), verify_password),
         ids=MessageIdGenerator(1),
         clock=clock,
-        settings=ChatSettings(token_ttl=3600.0, max_body_length=100),
+        settings=settings if settings is not None else ChatSettings(token_ttl=3600.0, max_body_length=100),
     )
 
 
@@ -403,7 +411,7 @@ class IsolationTests(GatewayTestCase):
         alice = self.login("alice")
         (session_id,) = self.hub.sessions
         message = StoredMessage(1, "d:2:3", 1, 2, "bob", "x", "not for alice", 0)
-        self.hub.deliver(Delivery("gw1", (session_id,), message))
+        self.hub.deliver(Delivery("gw1", (session_id,), (2,), message))
         self.flush()
         self.assertEqual(alice.received, [])
         self.flushLoggedErrors()

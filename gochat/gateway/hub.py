@@ -22,7 +22,6 @@ from gochat.errors import CLOSE_SHUTTING_DOWN
 from gochat.gateway import codec
 from gochat.gateway.logic_client import ILogicClient, Subscription
 from gochat.gateway.session import Session, SessionLimits, SessionTransport
-from gochat.logic.sequencing import participants
 from gochat.model import Delivery
 from gochat.wheel import HashedWheel
 
@@ -178,32 +177,36 @@ class GatewayHub:
     # Deliveries
 
     def deliver(self, delivery: Delivery) -> None:
-        """Write *delivery*'s message to each of its sessions here, framed once."""
+        """Write *delivery*'s message or signal to each of its sessions here, framed once.
+
+        A session gets it only if it still belongs to the user it was routed
+        for: a stale route (another user's, under a reused session id) must
+        never leak a message. Pushes wait while their session syncs; signals,
+        which nothing orders, do not.
+        """
         prepared: object | None = None
-        members = _participants(delivery.message.conv)
-        for session_id in delivery.session_ids:
+        message, signal = delivery.message, delivery.signal
+        for session_id, user_id in zip(delivery.session_ids, delivery.user_ids, strict=False):
             session = self.sessions.get(session_id)
             if session is None or not session.accepts_deliveries:
                 continue
-            if session.identity is None or session.identity.user_id not in members:
-                # A stale route (another user's, under a reused session id) must never leak a message.
+            if session.identity is None or session.identity.user_id != user_id:
                 _log.warn(
-                    "dropping delivery of {msg_id} for session {session_id}: not a participant",
-                    msg_id=delivery.message.msg_id,
+                    "dropping delivery for session {session_id}: routed for user {user_id}, not its owner",
                     session_id=session_id,
+                    user_id=user_id,
                 )
                 continue
-            if session.holding_pushes:
-                session.hold(delivery.message)
+            if message is not None and session.holding_pushes:
+                session.hold(message)
                 continue
             if prepared is None:
-                prepared = self._prepare(codec.encode_push(delivery.message))
+                if message is not None:
+                    frame = codec.encode_push(message)
+                elif signal is not None:
+                    frame = codec.encode_signal(signal)
+                else:
+                    return
+                prepared = self._prepare(frame)
                 self.frames_prepared += 1
             self._connections[session_id].send_prepared(prepared)
-
-
-def _participants(conv: str) -> frozenset[int]:
-    try:
-        return frozenset(participants(conv))
-    except ValueError:
-        return frozenset()

@@ -22,9 +22,11 @@ TCP accept, so it also bounds the WebSocket opening handshake.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -37,6 +39,9 @@ from gochat.ratelimit import TokenBucket
 from gochat.wheel import HashedWheel, WheelTimer
 
 _log = Logger()
+T = TypeVar("T")
+#: Conversations whose last typing time a session remembers; past it, the memory starts afresh.
+MAX_TYPING_CONVERSATIONS = 256
 
 
 class SessionState(enum.Enum):
@@ -64,6 +69,8 @@ class SessionLimits:
     frame_burst: int = 100
     rate_strikes_before_close: int = 50
     max_held_pushes: int = 10_000
+    #: Seconds between two ``typing`` frames of one session for one conversation.
+    typing_interval: float = 1.0
 
 
 class SessionTransport(Protocol):
@@ -123,6 +130,7 @@ class Session(WheelTimer["Session"]):
         self._bucket = TokenBucket(limits.frames_per_second, limits.frame_burst, now)
         self._rate_strikes = 0
         self._held: list[StoredMessage] | None = None
+        self._typing_at: dict[str, float] = {}
         self._last_seen = now
         wheel.reset(self, limits.auth_timeout, now)
 
@@ -237,8 +245,95 @@ class Session(WheelTimer["Session"]):
             self._recv_ack(request, request_id)
         elif isinstance(request, codec.PresenceRequest):
             self._presence(request, request_id)
-        else:
+        elif isinstance(request, codec.SendRequest):
             self._send_message(request, request_id)
+        elif isinstance(request, codec.TypingRequest):
+            self._typing(request, request_id)
+        else:
+            self._group_or_conversation(request, request_id)
+
+    def _group_or_conversation(self, request: codec.Request, request_id: str | None) -> None:
+        """The requests answered by one ``<type>_ok`` frame built from logic's result."""
+        identity = self.identity
+        assert identity is not None
+        logic, user_id = self._logic, identity.user_id
+        if isinstance(request, codec.GroupCreateRequest):
+            self._reply(
+                logic.create_group(identity, request.name, request.members),
+                "group_create_ok",
+                codec.group_body,
+                request_id,
+            )
+        elif isinstance(request, codec.GroupAddRequest):
+            d_added = logic.add_members(identity, request.group_id, request.users, request.role)
+            self._reply(
+                d_added, "group_add_ok", lambda added: {"added": [codec.member_body(m) for m in added]}, request_id
+            )
+        elif isinstance(request, codec.GroupRemoveRequest):
+            self._reply(
+                logic.remove_member(identity, request.group_id, request.user), "group_remove_ok", _empty, request_id
+            )
+        elif isinstance(request, codec.GroupRoleRequest):
+            self._reply(
+                logic.set_role(identity, request.group_id, request.user, request.role),
+                "group_role_ok",
+                _empty,
+                request_id,
+            )
+        elif isinstance(request, codec.GroupLeaveRequest):
+            self._reply(logic.leave_group(identity, request.group_id), "group_leave_ok", _empty, request_id)
+        elif isinstance(request, codec.GroupsRequest):
+            self._reply(
+                logic.groups(user_id),
+                "groups_ok",
+                lambda groups: {"groups": [codec.group_body(g) for g in groups]},
+                request_id,
+            )
+        elif isinstance(request, codec.GroupMembersRequest):
+            self._reply(
+                logic.members(user_id, request.group_id),
+                "group_members_ok",
+                lambda members: {"group_id": request.group_id, "members": [codec.member_body(m) for m in members]},
+                request_id,
+            )
+        elif isinstance(request, codec.HistoryRequest):
+            d_page = logic.history(user_id, request.conv, request.before, request.after, request.limit)
+            self._reply(d_page, "history_ok", codec.history_body, request_id)
+        elif isinstance(request, codec.ReadRequest):
+            d_read = logic.mark_read(identity, request.conv, request.seq, self.gateway_id, self.session_id)
+            self._reply(d_read, "read_ok", lambda seq: {"conv": request.conv, "seq": seq}, request_id)
+        elif isinstance(request, codec.ConversationsRequest):
+            self._reply(
+                logic.conversation_list(user_id),
+                "conversations_ok",
+                lambda convs: {"convs": [codec.conversation_body(c) for c in convs]},
+                request_id,
+            )
+
+    def _reply(
+        self, d: Deferred[T], reply_type: str, body: Callable[[T], dict[str, Any]], request_id: str | None
+    ) -> None:
+        d.addCallbacks(
+            lambda result: self._send(codec.encode_frame(reply_type, body(result), request_id)),
+            self._send_failed,
+            errbackArgs=(request_id,),
+        )
+
+    def _typing(self, request: codec.TypingRequest, request_id: str | None) -> None:
+        assert self.identity is not None
+        now = self._last_seen
+        last = self._typing_at.get(request.conv)
+        if last is not None and now - last < self._limits.typing_interval:
+            error = f"typing at most once every {self._limits.typing_interval:g}s per conversation"
+            self._send_error(GochatError(ErrorCode.RATE_LIMITED, error), request_id)
+            return
+        if len(self._typing_at) >= MAX_TYPING_CONVERSATIONS:
+            self._typing_at.clear()
+        self._typing_at[request.conv] = now
+        d = self._logic.typing(self.identity, request.conv)
+        if request_id is not None:
+            d.addCallback(lambda _: self._send(codec.encode_frame("typing_ok", {}, request_id)))
+        d.addErrback(self._send_failed, request_id)
 
     def _authenticate(self, request: codec.AuthRequest, request_id: str | None) -> None:
         if self.state is not SessionState.AWAITING_AUTH:
@@ -350,6 +445,9 @@ class Session(WheelTimer["Session"]):
             client_msg_id=request.client_msg_id,
             to_username=request.to,
             body=request.body,
+            conv=request.conv,
+            kind=request.kind,
+            ref_seq=request.ref_seq,
         )
         d = self._logic.send(command)
         d.addCallbacks(self._acked, self._send_failed, callbackArgs=(request_id,), errbackArgs=(request_id,))
@@ -365,3 +463,7 @@ class Session(WheelTimer["Session"]):
             return failure.value
         _log.failure("logic call failed for session {session_id}", failure, session_id=self.session_id)
         return GochatError(ErrorCode.UNAVAILABLE, "the service could not complete the request; retry")
+
+
+def _empty(_: object) -> dict[str, Any]:
+    return {}

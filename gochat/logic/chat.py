@@ -1,4 +1,4 @@
-"""The chat rules: accounts, sessions, and ordered, durable, idempotent 1:1 messages.
+"""The chat rules: accounts, sessions, groups, and ordered, durable, idempotent messages.
 
 :class:`ChatLogic` is the one implementation of these rules; the embedded
 default and production differ only in the stores and bus passed in.
@@ -15,12 +15,23 @@ The send path keeps the delivery contract:
    refused);
 4. deliveries go out from the worker after the commit, in seq order (see
    :mod:`gochat.logic.delivery`).
+
+Groups are written by diffusion: a group message is stored once, and the
+same transaction raises the head of that conversation in every member's
+index (``participants`` of the request are the members when it was sent),
+so one sync request per user finds everything. Membership changes, edits and
+recalls are messages of their conversation too (kinds ``member``, ``edit``,
+``recall``), with their own seq, so a client follows one cursor per
+conversation. Typing and read receipts are signals: told to whoever is
+online, never stored as messages (a read position is stored in the reader's
+index).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, fail
@@ -29,10 +40,43 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, IPersistQueue, IRouteStore, Route
-from gochat.logic.sequencing import MessageIdGenerator, direct_conversation, participants
+from gochat.logic import delivery
+from gochat.logic.interfaces import (
+    IAccountStore,
+    IDeliveryBus,
+    IGroupStore,
+    IMessageStore,
+    IPersistQueue,
+    IRouteStore,
+    Member,
+    Route,
+)
+from gochat.logic.sequencing import (
+    MessageIdGenerator,
+    direct_conversation,
+    group_conversation,
+    group_id_of,
+    participants,
+)
 from gochat.logic.tokens import TokenSigner
-from gochat.model import Ack, ConversationSync, Identity, LoginResult, PersistRequest, SendCommand, SyncResult
+from gochat.model import (
+    Ack,
+    ConversationInfo,
+    ConversationSync,
+    GroupInfo,
+    GroupRole,
+    HistoryPage,
+    Identity,
+    LoginResult,
+    MemberInfo,
+    MessageKind,
+    PersistRequest,
+    SendCommand,
+    Signal,
+    SignalKind,
+    StoredMessage,
+    SyncResult,
+)
 from gochat.text import is_encodable
 
 _log = Logger()
@@ -43,14 +87,26 @@ MAX_SYNC_LIMIT = 1000
 MAX_PRESENCE_NAMES = 500
 MAX_CONV_LENGTH = 128
 MAX_PASSWORD_LENGTH = 256
+MAX_GROUP_NAME_LENGTH = 64
+MAX_HISTORY_LIMIT = 200
+#: Members named in one create or add request.
+MAX_NAMES_PER_REQUEST = 1000
 
 
 @dataclass(frozen=True)
 class ChatSettings:
-    """Logic-wide settings."""
+    """Logic-wide settings.
+
+    ``max_group_size`` bounds a group's members, owner included;
+    ``recall_window`` and ``edit_window`` (seconds) bound how long after
+    sending a sender may recall or edit a message.
+    """
 
     token_ttl: float = 24 * 3600.0
     max_body_length: int = 8192
+    max_group_size: int = 2000
+    recall_window: float = 120.0
+    edit_window: float = 900.0
 
 
 class PasswordHasher:
@@ -100,6 +156,7 @@ class ChatLogic:
         accounts: IAccountStore,
         persist: IPersistQueue,
         messages: IMessageStore,
+        groups: IGroupStore,
         routes: IRouteStore,
         deliveries: IDeliveryBus,
         tokens: TokenSigner,
@@ -111,6 +168,7 @@ class ChatLogic:
         self.accounts = accounts
         self.persist = persist
         self.messages = messages
+        self.group_store = groups
         self.routes = routes
         self.deliveries = deliveries
         self._tokens = tokens
@@ -120,6 +178,7 @@ class ChatLogic:
         self._settings = settings
         self._in_flight: dict[tuple[int, str], list[Deferred[Ack]]] = {}
         self._ids_by_name: dict[str, int] = {}
+        self._names_by_id: dict[int, str] = {}
 
     # Accounts.
 
@@ -178,13 +237,10 @@ class ChatLogic:
 
     def send(self, command: SendCommand) -> Deferred[Ack]:
         """Store a message and fire with its ack once it is durable; see the module docstring."""
-        if not 0 < len(command.body) <= self._settings.max_body_length:
-            error = GochatError(
-                ErrorCode.BAD_REQUEST, f"body must have 1 to {self._settings.max_body_length} characters"
-            )
+        try:
+            self._check_send(command)
+        except GochatError as error:
             return fail(error)
-        if not (command.client_msg_id and is_encodable(command.body) and is_encodable(command.client_msg_id)):
-            return fail(GochatError(ErrorCode.BAD_REQUEST, "body and client_msg_id must be valid, non-empty Unicode"))
         key = (command.sender_id, command.client_msg_id)
         result: Deferred[Ack] = Deferred()
         waiters = self._in_flight.get(key)
@@ -195,6 +251,25 @@ class ChatLogic:
         Deferred.fromCoroutine(self._send(command)).addBoth(self._settle, key)
         return result
 
+    def _check_send(self, command: SendCommand) -> None:
+        if command.kind not in MessageKind.FROM_CLIENTS:
+            raise GochatError(ErrorCode.BAD_REQUEST, f"kind must be one of {sorted(MessageKind.FROM_CLIENTS)}")
+        if (command.kind == MessageKind.TEXT) != (command.ref_seq == 0) or command.ref_seq < 0:
+            raise GochatError(
+                ErrorCode.BAD_REQUEST, "edit and recall name the seq they change (ref_seq); text does not"
+            )
+        if bool(command.conv) == bool(command.to_username):
+            raise GochatError(ErrorCode.BAD_REQUEST, "name either a recipient (to) or a conversation (conv)")
+        if command.kind == MessageKind.RECALL:
+            if command.body:
+                raise GochatError(ErrorCode.BAD_REQUEST, "a recall has no body")
+        elif not 0 < len(command.body) <= self._settings.max_body_length:
+            raise GochatError(ErrorCode.BAD_REQUEST, f"body must have 1 to {self._settings.max_body_length} characters")
+        if not (command.client_msg_id and is_encodable(command.body) and is_encodable(command.client_msg_id)):
+            raise GochatError(ErrorCode.BAD_REQUEST, "body and client_msg_id must be valid, non-empty Unicode")
+        if len(command.conv) > MAX_CONV_LENGTH:
+            raise GochatError(ErrorCode.BAD_REQUEST, f"conv must have at most {MAX_CONV_LENGTH} characters")
+
     def _settle(self, outcome: Ack | Failure, key: tuple[int, str]) -> None:
         for waiter in self._in_flight.pop(key):
             if isinstance(outcome, Failure):
@@ -203,27 +278,79 @@ class ChatLogic:
                 waiter.callback(outcome)
 
     async def _send(self, command: SendCommand) -> Ack:
-        recipient_id = await self._user_id(command.to_username)
+        if command.conv:
+            conv = command.conv
+            members = await self._members_of(command.sender_id, conv)
+        else:
+            recipient_id = await self._user_id(command.to_username)
+            conv = direct_conversation(command.sender_id, recipient_id)
+            members = (command.sender_id, recipient_id)
         now = self._clock.seconds()
+        if command.kind != MessageKind.TEXT:
+            await self._check_change(command.sender_id, conv, command.kind, command.ref_seq, now)
         request = PersistRequest(
             msg_id=self._ids.next(now),
-            conv=direct_conversation(command.sender_id, recipient_id),
+            conv=conv,
             sender_id=command.sender_id,
             sender=command.sender,
             client_msg_id=command.client_msg_id,
             body=command.body,
             ts=int(now * 1000),
-            participants=(command.sender_id, recipient_id),
+            participants=members,
             origin_gateway=command.gateway_id,
             origin_session=command.session_id,
+            kind=command.kind,
+            ref_seq=command.ref_seq,
         )
         stored = await self.persist.submit(request)
-        if (stored.conv, stored.body) != (request.conv, request.body):
+        if (stored.conv, stored.body, stored.kind, stored.ref_seq) != (
+            request.conv,
+            request.body,
+            request.kind,
+            request.ref_seq,
+        ):
             raise GochatError(
                 ErrorCode.DUPLICATE_CLIENT_MSG_ID,
                 f"client_msg_id {command.client_msg_id!r} was already used for another message",
             )
         return stored.ack()
+
+    async def _check_change(self, user_id: int, conv: str, kind: str, ref_seq: int, now: float) -> None:
+        """An edit or recall must change one of the user's own text messages, within the window."""
+        target = await self.messages.message_at(conv, ref_seq)
+        if target is None:
+            raise GochatError(ErrorCode.UNKNOWN_MESSAGE, f"{conv} has no message {ref_seq}")
+        if target.kind != MessageKind.TEXT:
+            raise GochatError(ErrorCode.BAD_REQUEST, f"message {ref_seq} is an event; only text can change")
+        if target.sender_id != user_id:
+            raise GochatError(ErrorCode.FORBIDDEN, f"only its sender may {kind} message {ref_seq}")
+        window = self._settings.recall_window if kind == MessageKind.RECALL else self._settings.edit_window
+        if now * 1000 - target.ts > window * 1000:
+            raise GochatError(ErrorCode.TOO_LATE, f"a message can be {kind}ed for {window:g} seconds after sending")
+
+    async def _members_of(self, user_id: int, conv: str) -> tuple[int, ...]:
+        """Everyone in *conv* (its members now), if *user_id* is one of them; else ``not_member``."""
+        not_member = GochatError(ErrorCode.NOT_MEMBER, f"you are not a member of {conv[:MAX_CONV_LENGTH]!r}")
+        if conv.startswith("g:"):
+            try:
+                group_id = group_id_of(conv)
+            except ValueError:
+                raise not_member from None
+            members = await self.group_store.members(group_id)
+            ids = tuple(m.user_id for m in members)
+            if user_id not in ids:
+                raise not_member
+            return ids
+        try:
+            ids = participants(conv)
+        except ValueError:
+            raise not_member from None
+        if user_id not in ids:
+            raise not_member
+        for other in ids:
+            if other != user_id and await self._username(other) is None:
+                raise not_member
+        return ids
 
     # Resume.
 
@@ -244,11 +371,18 @@ class ChatLogic:
         behind = []
         for state in states:
             start = max(0, since.get(state.conv, state.acked_seq))
+            if state.conv.startswith("g:"):
+                # A member sees a group from their (latest) joining on; a former member up to their removal,
+                # which is where their index head stopped.
+                member = await self.group_store.member(group_id_of(state.conv), user_id)
+                if member is not None:
+                    start = max(start, member.joined_seq)
             if start >= state.last_seq:
                 continue
-            messages = await self.messages.messages_after(state.conv, start, limit)
+            found = await self.messages.messages_after(state.conv, start, limit)
+            messages = tuple(m for m in found if m.seq <= state.last_seq)
             complete = bool(messages) and messages[-1].seq >= state.last_seq
-            behind.append(ConversationSync(state.conv, state.last_seq, tuple(messages), complete))
+            behind.append(ConversationSync(state.conv, state.last_seq, messages, complete))
         return SyncResult(tuple(behind))
 
     def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
@@ -276,6 +410,8 @@ class ChatLogic:
                 contacts.update(participants(state.conv))
             except ValueError:
                 continue
+        for group, _, _ in await self.group_store.groups_of(user_id):
+            contacts.update(m.user_id for m in await self.group_store.members(group.group_id))
         wanted: dict[int, str] = {}
         for name in usernames:
             try:
@@ -286,6 +422,269 @@ class ChatLogic:
                 wanted[found] = normalise_username(name)
         online = await self.routes.online(wanted) if wanted else {}
         return {name: online.get(uid, False) for uid, name in wanted.items()}
+
+    # Groups.
+
+    def create_group(self, identity: Identity, name: str, usernames: Sequence[str]) -> Deferred[GroupInfo]:
+        """Create a group owned by *identity* with the named users as members; they are all told."""
+        return Deferred.fromCoroutine(self._create_group(identity, name, list(usernames)))
+
+    async def _create_group(self, identity: Identity, name: str, usernames: list[str]) -> GroupInfo:
+        name = _group_name(name)
+        others = [uid for uid in await self._user_ids(usernames) if uid != identity.user_id]
+        if 1 + len(others) > self._settings.max_group_size:
+            raise GochatError(ErrorCode.GROUP_FULL, f"a group has at most {self._settings.max_group_size} members")
+        members = [Member(identity.user_id, identity.username, GroupRole.OWNER, 0)]
+        members += [Member(uid, await self._known_username(uid), GroupRole.MEMBER, 0) for uid in others]
+        group = await self.group_store.create(name, members, self._clock.seconds())
+        conv = group_conversation(group.group_id)
+        for member in members:
+            await self.messages.join(member.user_id, conv, 0)
+        await self._membership_event(identity, conv, {"action": "created", "name": name}, [])
+        return GroupInfo(group.group_id, conv, group.name, group.created_at, len(members), GroupRole.OWNER)
+
+    def add_members(
+        self, identity: Identity, group_id: int, usernames: Sequence[str], role: str = GroupRole.MEMBER
+    ) -> Deferred[list[MemberInfo]]:
+        """Add users as members or admins: owners may add either, admins plain members, members nobody.
+
+        New members see the group from now on, not its earlier messages.
+        """
+        return Deferred.fromCoroutine(self._add_members(identity, group_id, list(usernames), role))
+
+    async def _add_members(
+        self, identity: Identity, group_id: int, usernames: list[str], role: str
+    ) -> list[MemberInfo]:
+        actor = await self._membership(identity.user_id, group_id)
+        if role not in (GroupRole.ADMIN, GroupRole.MEMBER):
+            raise GochatError(ErrorCode.BAD_REQUEST, "new members join as 'admin' or 'member'")
+        if actor.role == GroupRole.MEMBER or (role == GroupRole.ADMIN and actor.role != GroupRole.OWNER):
+            raise GochatError(ErrorCode.FORBIDDEN, f"a group {actor.role} cannot add {role}s")
+        conv = group_conversation(group_id)
+        joined_seq = await self.messages.last_seq(conv)
+        candidates = [
+            Member(uid, await self._known_username(uid), role, joined_seq) for uid in await self._user_ids(usernames)
+        ]
+        added = await self.group_store.add_members(group_id, candidates, self._settings.max_group_size)
+        for member in added:
+            await self.messages.join(member.user_id, conv, joined_seq)
+        if added:
+            event = {"action": "added", "users": [m.username for m in added], "role": role}
+            await self._membership_event(identity, conv, event, [])
+        return [_member_info(m) for m in added]
+
+    def remove_member(self, identity: Identity, group_id: int, username: str) -> Deferred[None]:
+        """Remove a member: the owner may remove anyone else, admins plain members. The removed user is told."""
+        return Deferred.fromCoroutine(self._remove_member(identity, group_id, username))
+
+    async def _remove_member(self, identity: Identity, group_id: int, username: str) -> None:
+        actor = await self._membership(identity.user_id, group_id)
+        target = await self._target(group_id, username)
+        if target.user_id == identity.user_id:
+            raise GochatError(ErrorCode.BAD_REQUEST, "to remove yourself, leave the group")
+        if not (actor.role == GroupRole.OWNER or (actor.role == GroupRole.ADMIN and target.role == GroupRole.MEMBER)):
+            raise GochatError(ErrorCode.FORBIDDEN, f"a group {actor.role} cannot remove a {target.role}")
+        await self.group_store.remove_member(group_id, target.user_id)
+        event = {"action": "removed", "user": target.username}
+        await self._membership_event(identity, group_conversation(group_id), event, [target.user_id])
+
+    def set_role(self, identity: Identity, group_id: int, username: str, role: str) -> Deferred[None]:
+        """The owner changes a member's role; naming a new ``owner`` hands ownership over (the old one turns admin)."""
+        return Deferred.fromCoroutine(self._set_role(identity, group_id, username, role))
+
+    async def _set_role(self, identity: Identity, group_id: int, username: str, role: str) -> None:
+        actor = await self._membership(identity.user_id, group_id)
+        if role not in GroupRole.ALL:
+            raise GochatError(ErrorCode.BAD_REQUEST, f"role must be one of {list(GroupRole.ALL)}")
+        if actor.role != GroupRole.OWNER:
+            raise GochatError(ErrorCode.FORBIDDEN, "only the owner changes roles")
+        target = await self._target(group_id, username)
+        if target.user_id == identity.user_id:
+            raise GochatError(ErrorCode.BAD_REQUEST, "the owner hands ownership to another member instead")
+        await self.group_store.set_role(group_id, target.user_id, role)
+        if role == GroupRole.OWNER:
+            await self.group_store.set_role(group_id, identity.user_id, GroupRole.ADMIN)
+        event = {"action": "role", "user": target.username, "role": role}
+        await self._membership_event(identity, group_conversation(group_id), event, [])
+
+    def leave_group(self, identity: Identity, group_id: int) -> Deferred[None]:
+        """Leave a group; an owner's ownership passes to the longest-standing admin, else member."""
+        return Deferred.fromCoroutine(self._leave_group(identity, group_id))
+
+    async def _leave_group(self, identity: Identity, group_id: int) -> None:
+        me = await self._membership(identity.user_id, group_id)
+        event: dict[str, object] = {"action": "left", "user": identity.username}
+        if me.role == GroupRole.OWNER:
+            others = [m for m in await self.group_store.members(group_id) if m.user_id != identity.user_id]
+            admins = [m for m in others if m.role == GroupRole.ADMIN]
+            if admins or others:
+                successor = (admins or others)[0]
+                await self.group_store.set_role(group_id, successor.user_id, GroupRole.OWNER)
+                event["owner"] = successor.username
+        await self.group_store.remove_member(group_id, identity.user_id)
+        await self._membership_event(identity, group_conversation(group_id), event, [identity.user_id])
+
+    def groups(self, user_id: int) -> Deferred[list[GroupInfo]]:
+        """The groups *user_id* belongs to, with their role in each."""
+        return Deferred.fromCoroutine(self._groups(user_id))
+
+    async def _groups(self, user_id: int) -> list[GroupInfo]:
+        return [
+            GroupInfo(g.group_id, group_conversation(g.group_id), g.name, g.created_at, count, m.role)
+            for g, m, count in await self.group_store.groups_of(user_id)
+        ]
+
+    def members(self, user_id: int, group_id: int) -> Deferred[list[MemberInfo]]:
+        """A group's members and roles, in joining order; members only."""
+        return Deferred.fromCoroutine(self._members(user_id, group_id))
+
+    async def _members(self, user_id: int, group_id: int) -> list[MemberInfo]:
+        await self._membership(user_id, group_id)
+        return [_member_info(m) for m in await self.group_store.members(group_id)]
+
+    async def _membership(self, user_id: int, group_id: int) -> Member:
+        member = await self.group_store.member(group_id, user_id)
+        if member is None:
+            raise GochatError(ErrorCode.NOT_MEMBER, f"you are not a member of group {group_id}")
+        return member
+
+    async def _target(self, group_id: int, username: str) -> Member:
+        target = await self.group_store.member(group_id, await self._user_id(username))
+        if target is None:
+            raise GochatError(ErrorCode.NOT_MEMBER, f"{username!r} is not a member of group {group_id}")
+        return target
+
+    async def _membership_event(
+        self, identity: Identity, conv: str, event: Mapping[str, object], also: Iterable[int]
+    ) -> StoredMessage:
+        """Store a membership change as a ``member`` message, told to the members (and *also* to the users who left)."""
+        members = [m.user_id for m in await self.group_store.members(group_id_of(conv))]
+        now = self._clock.seconds()
+        msg_id = self._ids.next(now)
+        request = PersistRequest(
+            msg_id=msg_id,
+            conv=conv,
+            sender_id=identity.user_id,
+            sender=identity.username,
+            client_msg_id=f"member:{msg_id}",
+            body=json.dumps({**event, "by": identity.username}, separators=(",", ":"), ensure_ascii=False),
+            ts=int(now * 1000),
+            participants=tuple(dict.fromkeys([*members, *also])),
+            origin_gateway="",
+            origin_session="",
+            kind=MessageKind.MEMBER,
+        )
+        return await self.persist.submit(request)
+
+    # History, read receipts, typing, the conversation list.
+
+    def history(
+        self, user_id: int, conv: str, before: int | None, after: int | None, limit: int
+    ) -> Deferred[HistoryPage]:
+        """Up to *limit* messages of *conv* after seq *after*, or before seq *before*, or the newest; members only.
+
+        A group member sees the messages since they (last) joined. The page
+        also says how far each member has read.
+        """
+        if not 1 <= limit <= MAX_HISTORY_LIMIT:
+            return fail(GochatError(ErrorCode.BAD_REQUEST, f"limit must be 1..{MAX_HISTORY_LIMIT}"))
+        if before is not None and after is not None:
+            return fail(GochatError(ErrorCode.BAD_REQUEST, "page either before or after a seq, not both"))
+        if (before is not None and before < 1) or (after is not None and after < 0):
+            return fail(GochatError(ErrorCode.BAD_REQUEST, "before must be >= 1 and after >= 0"))
+        return Deferred.fromCoroutine(self._history(user_id, conv, before, after, limit))
+
+    async def _history(self, user_id: int, conv: str, before: int | None, after: int | None, limit: int) -> HistoryPage:
+        members = await self._members_of(user_id, conv)
+        floor = 0
+        if conv.startswith("g:"):
+            floor = (await self._membership(user_id, group_id_of(conv))).joined_seq
+        if after is not None:
+            found = await self.messages.messages_after(conv, max(after, floor), limit)
+        else:
+            found = await self.messages.messages_before(conv, before if before is not None else 2**62, limit)
+        messages = tuple(m for m in found if m.seq > floor)
+        positions = await self.messages.read_positions(conv)
+        reads = {await self._known_username(uid): positions[uid] for uid in members if uid in positions}
+        return HistoryPage(conv, messages, reads)
+
+    def mark_read(self, identity: Identity, conv: str, seq: int, gateway_id: str, session_id: str) -> Deferred[int]:
+        """*identity* has read *conv* up to *seq*: store it, and tell the other members and the user's other sessions.
+
+        Fires with the stored read seq (never lowered, never past the newest
+        message).
+        """
+        if seq < 0 or not conv or len(conv) > MAX_CONV_LENGTH:
+            return fail(GochatError(ErrorCode.BAD_REQUEST, "read needs a conversation and a seq >= 0"))
+        return Deferred.fromCoroutine(self._mark_read(identity, conv, seq, Route(gateway_id, session_id)))
+
+    async def _mark_read(self, identity: Identity, conv: str, seq: int, origin: Route) -> int:
+        members = await self._members_of(identity.user_id, conv)
+        read_seq = await self.messages.mark_read(identity.user_id, conv, seq)
+        signal = Signal(SignalKind.READ, conv, identity.user_id, identity.username, read_seq, self._now_ms())
+        await self._signal(signal, members, exclude=origin)
+        return read_seq
+
+    def typing(self, identity: Identity, conv: str) -> Deferred[None]:
+        """Tell the other members of *conv* who are online that *identity* is typing; nothing is stored."""
+        if not conv or len(conv) > MAX_CONV_LENGTH:
+            return fail(GochatError(ErrorCode.BAD_REQUEST, "typing needs a conversation"))
+        return Deferred.fromCoroutine(self._typing(identity, conv))
+
+    async def _typing(self, identity: Identity, conv: str) -> None:
+        members = await self._members_of(identity.user_id, conv)
+        signal = Signal(SignalKind.TYPING, conv, identity.user_id, identity.username, 0, self._now_ms())
+        await self._signal(signal, [uid for uid in members if uid != identity.user_id])
+
+    async def _signal(self, signal: Signal, user_ids: Sequence[int], exclude: Route | None = None) -> None:
+        if not user_ids:
+            return
+        routes = await self.routes.routes(user_ids)
+        delivery.publish(self.deliveries, routes, user_ids, None, signal, exclude=exclude)
+
+    def conversation_list(self, user_id: int) -> Deferred[list[ConversationInfo]]:
+        """Every conversation of *user_id*: a title (the other user, or the group's name), seqs and unread count."""
+        return Deferred.fromCoroutine(self._conversation_list(user_id))
+
+    async def _conversation_list(self, user_id: int) -> list[ConversationInfo]:
+        titles = {group_conversation(g.group_id): g.name for g, _, _ in await self.group_store.groups_of(user_id)}
+        result = []
+        for state in await self.messages.conversations(user_id):
+            title = titles.get(state.conv)
+            if title is None:
+                title = await self._title(user_id, state.conv)
+            result.append(ConversationInfo(state.conv, title, state.last_seq, state.read_seq, state.unread))
+        return result
+
+    async def _title(self, user_id: int, conv: str) -> str:
+        if conv.startswith("g:"):
+            group = await self.group_store.get(group_id_of(conv))
+            return group.name if group is not None else conv
+        others = [uid for uid in participants(conv) if uid != user_id] or [user_id]
+        return await self._known_username(others[0])
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    async def _user_ids(self, usernames: list[str]) -> list[int]:
+        """The ids of *usernames*, each once, in order; ``unknown_user`` names the first unknown one."""
+        if len(usernames) > MAX_NAMES_PER_REQUEST:
+            raise GochatError(ErrorCode.BAD_REQUEST, f"name at most {MAX_NAMES_PER_REQUEST} users at a time")
+        return list(dict.fromkeys([await self._user_id(name) for name in usernames]))
+
+    async def _username(self, user_id: int) -> str | None:
+        known = self._names_by_id.get(user_id)
+        if known is not None:
+            return known
+        account = await self.accounts.by_id(user_id)
+        if account is None:
+            return None
+        self._names_by_id[user_id] = account.username
+        return account.username
+
+    async def _known_username(self, user_id: int) -> str:
+        name = await self._username(user_id)
+        return name if name is not None else f"#{user_id}"
 
     async def _user_id(self, username: str) -> int:
         unknown = GochatError(ErrorCode.UNKNOWN_USER, f"no user {username!r}")
@@ -301,3 +700,16 @@ class ChatLogic:
             raise unknown
         self._ids_by_name[name] = account.user_id
         return account.user_id
+
+
+def _group_name(name: str) -> str:
+    name = name.strip()
+    if not 0 < len(name) <= MAX_GROUP_NAME_LENGTH or not is_encodable(name) or any(ord(c) < 32 for c in name):
+        raise GochatError(
+            ErrorCode.BAD_REQUEST, f"a group name has 1 to {MAX_GROUP_NAME_LENGTH} characters, no control characters"
+        )
+    return name
+
+
+def _member_info(member: Member) -> MemberInfo:
+    return MemberInfo(member.user_id, member.username, member.role, member.joined_seq)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -12,7 +12,7 @@ from twisted.python.failure import Failure
 
 from gochat.logic.interfaces import IDeliveryBus, IRouteStore, Route
 from gochat.logic.persist import Committed
-from gochat.model import Delivery
+from gochat.model import Delivery, Signal, StoredMessage
 
 _log = Logger()
 
@@ -43,17 +43,41 @@ class Deliverer:
         for item in fresh:
             assert item.message is not None
             origin = Route(item.request.origin_gateway, item.request.origin_session)
-            sessions: dict[str, list[str]] = defaultdict(list)
-            for user_id in item.request.participants:
-                for route in sorted(routes_by_user.get(user_id, ())):
-                    if route != origin and route.session_id not in sessions[route.gateway_id]:
-                        sessions[route.gateway_id].append(route.session_id)
-            for gateway_id, session_ids in sessions.items():
-                published: Deferred[None] = self._bus.publish(Delivery(gateway_id, tuple(session_ids), item.message))
-                published.addErrback(_log_delivery_failure, gateway_id)
+            publish(self._bus, routes_by_user, item.request.participants, item.message, None, exclude=origin)
 
     def _routing_failed(self, failure: Failure) -> None:
         _log.failure("route lookup failed; recipients will recover by sync", failure)
+
+
+def by_gateway(
+    routes_by_user: Mapping[int, Iterable[Route]], user_ids: Iterable[int], exclude: Route | None
+) -> dict[str, tuple[list[str], list[int]]]:
+    """The sessions of *user_ids*, grouped by gateway: ``gateway_id -> (session_ids, user_ids)``, each once."""
+    sessions: dict[str, tuple[list[str], list[int]]] = defaultdict(lambda: ([], []))
+    seen: set[Route] = set()
+    for user_id in user_ids:
+        for route in sorted(routes_by_user.get(user_id, ())):
+            if route != exclude and route not in seen:
+                seen.add(route)
+                session_ids, owners = sessions[route.gateway_id]
+                session_ids.append(route.session_id)
+                owners.append(user_id)
+    return sessions
+
+
+def publish(
+    bus: IDeliveryBus,
+    routes_by_user: Mapping[int, Iterable[Route]],
+    user_ids: Iterable[int],
+    message: StoredMessage | None,
+    signal: Signal | None,
+    exclude: Route | None = None,
+) -> None:
+    """One delivery of *message* or *signal* per gateway holding sessions of *user_ids*; failures are logged."""
+    for gateway_id, (session_ids, owners) in by_gateway(routes_by_user, user_ids, exclude).items():
+        delivery = Delivery(gateway_id, tuple(session_ids), tuple(owners), message, signal)
+        published: Deferred[None] = bus.publish(delivery)
+        published.addErrback(_log_delivery_failure, gateway_id)
 
 
 def _log_delivery_failure(failure: Failure, gateway_id: str) -> None:

@@ -16,9 +16,17 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.logger import Logger
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.interfaces import Account, ConversationState, DeliveryHandler, Route, StaleSequenceError
+from gochat.logic.interfaces import (
+    Account,
+    ConversationState,
+    DeliveryHandler,
+    Group,
+    Member,
+    Route,
+    StaleSequenceError,
+)
 from gochat.logic.sequencing import Assignment, assign_seqs, conversation_heads
-from gochat.model import Delivery, PersistRequest, StoredMessage
+from gochat.model import Delivery, MessageKind, PersistRequest, StoredMessage
 
 _log = Logger()
 
@@ -78,9 +86,8 @@ class InMemoryDeliveryBus:
         subscribers = self._subscribers.get(delivery.gateway_id)
         if not subscribers:
             _log.info(
-                "no subscriber for gateway {gateway_id}; delivery of {msg_id} left to sync",
+                "no subscriber for gateway {gateway_id}; delivery left to sync",
                 gateway_id=delivery.gateway_id,
-                msg_id=delivery.message.msg_id,
             )
             return succeed(None)
         for subscription in list(subscribers):
@@ -133,7 +140,8 @@ class InMemoryMessageStore:
         self._by_client_id: dict[tuple[int, str], StoredMessage] = {}
         self._last_seq: dict[str, int] = {}
         self._by_seq: dict[tuple[str, int], StoredMessage] = {}
-        self._heads: dict[tuple[int, str], tuple[int, int]] = {}
+        #: (user_id, conv) -> [last_seq, acked_seq, read_seq]: the per-user index.
+        self._heads: dict[tuple[int, str], list[int]] = {}
         self.batches = 0
 
     def commit_batch(
@@ -151,9 +159,9 @@ class InMemoryMessageStore:
             self._by_client_id[(message.sender_id, message.client_msg_id)] = message
             self._by_seq[(message.conv, message.seq)] = message
             self._last_seq[message.conv] = message.seq
-        for (user_id, conv), seq in conversation_heads(requests, assignment.new).items():
-            head, acked = self._heads.get((user_id, conv), (0, 0))
-            self._heads[(user_id, conv)] = (max(head, seq), acked)
+        for key, seq in conversation_heads(requests, assignment.new).items():
+            head = self._heads.setdefault(key, [0, 0, 0])
+            head[0] = max(head[0], seq)
         self.batches += 1
         return succeed(assignment)
 
@@ -166,11 +174,15 @@ class InMemoryMessageStore:
     def conversations(self, user_id: int) -> Deferred[list[ConversationState]]:
         return succeed(
             [
-                ConversationState(conv, last, acked)
-                for (uid, conv), (last, acked) in sorted(self._heads.items())
+                ConversationState(conv, last, acked, read, self._unread(user_id, conv, read, last))
+                for (uid, conv), (last, acked, read) in sorted(self._heads.items())
                 if uid == user_id
             ]
         )
+
+    def _unread(self, user_id: int, conv: str, read_seq: int, last_seq: int) -> int:
+        found = (self._by_seq.get((conv, seq)) for seq in range(read_seq + 1, last_seq + 1))
+        return sum(1 for m in found if m is not None and m.kind == MessageKind.TEXT and m.sender_id != user_id)
 
     def messages_after(self, conv: str, after_seq: int, limit: int) -> Deferred[list[StoredMessage]]:
         found: list[StoredMessage] = []
@@ -183,6 +195,87 @@ class InMemoryMessageStore:
     def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
         head = self._heads.get((user_id, conv))
         if head is not None:
-            last, acked = head
-            self._heads[(user_id, conv)] = (last, max(acked, min(seq, last)))
+            head[1] = max(head[1], min(seq, head[0]))
         return succeed(None)
+
+    def messages_before(self, conv: str, before_seq: int, limit: int) -> Deferred[list[StoredMessage]]:
+        found: list[StoredMessage] = []
+        seq = min(before_seq, self._last_seq.get(conv, 0) + 1) - 1
+        while len(found) < limit and (conv, seq) in self._by_seq:
+            found.append(self._by_seq[(conv, seq)])
+            seq -= 1
+        return succeed(found[::-1])
+
+    def message_at(self, conv: str, seq: int) -> Deferred[StoredMessage | None]:
+        return succeed(self._by_seq.get((conv, seq)))
+
+    def mark_read(self, user_id: int, conv: str, seq: int) -> Deferred[int]:
+        head = self._heads.get((user_id, conv))
+        if head is None:
+            return succeed(0)
+        head[2] = max(head[2], min(seq, head[0]))
+        return succeed(head[2])
+
+    def join(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        head = self._heads.setdefault((user_id, conv), [0, 0, 0])
+        for i in range(3):
+            head[i] = max(head[i], seq)
+        return succeed(None)
+
+    def read_positions(self, conv: str) -> Deferred[dict[int, int]]:
+        return succeed({uid: head[2] for (uid, c), head in self._heads.items() if c == conv})
+
+
+class InMemoryGroupStore:
+    """:class:`~gochat.logic.interfaces.IGroupStore` in dicts."""
+
+    def __init__(self) -> None:
+        self._groups: dict[int, Group] = {}
+        #: group_id -> user_id -> Member, in the order they joined (dicts keep insertion order).
+        self._members: dict[int, dict[int, Member]] = {}
+
+    def create(self, name: str, members: Sequence[Member], created_at: float) -> Deferred[Group]:
+        group = Group(len(self._groups) + 1, name, created_at)
+        self._groups[group.group_id] = group
+        self._members[group.group_id] = {m.user_id: m for m in members}
+        return succeed(group)
+
+    def get(self, group_id: int) -> Deferred[Group | None]:
+        return succeed(self._groups.get(group_id))
+
+    def members(self, group_id: int) -> Deferred[list[Member]]:
+        return succeed(list(self._members.get(group_id, {}).values()))
+
+    def member(self, group_id: int, user_id: int) -> Deferred[Member | None]:
+        return succeed(self._members.get(group_id, {}).get(user_id))
+
+    def add_members(self, group_id: int, members: Sequence[Member], max_members: int) -> Deferred[list[Member]]:
+        current = self._members.get(group_id)
+        if current is None:
+            return succeed([])
+        fresh = list({m.user_id: m for m in members if m.user_id not in current}.values())
+        if len(current) + len(fresh) > max_members:
+            return fail(GochatError(ErrorCode.GROUP_FULL, f"a group has at most {max_members} members"))
+        for member in fresh:
+            current[member.user_id] = member
+        return succeed(fresh)
+
+    def remove_member(self, group_id: int, user_id: int) -> Deferred[bool]:
+        return succeed(self._members.get(group_id, {}).pop(user_id, None) is not None)
+
+    def set_role(self, group_id: int, user_id: int, role: str) -> Deferred[bool]:
+        current = self._members.get(group_id, {})
+        member = current.get(user_id)
+        if member is None:
+            return succeed(False)
+        current[user_id] = Member(member.user_id, member.username, role, member.joined_seq)
+        return succeed(True)
+
+    def groups_of(self, user_id: int) -> Deferred[list[tuple[Group, Member, int]]]:
+        return succeed(
+            [
+                (self._groups[group_id], members[user_id], len(members))
+                for group_id, members in sorted(self._members.items())
+                if user_id in members
+            ]
+        )

@@ -26,10 +26,23 @@ def direct_conversation(user_a: int, user_b: int) -> str:
     return f"d:{low}:{high}"
 
 
+def group_conversation(group_id: int) -> str:
+    """The key of a group's conversation."""
+    return f"g:{group_id}"
+
+
+def group_id_of(conv: str) -> int:
+    """The group id of a group conversation key; ``ValueError`` for anything else."""
+    kind, _, number = conv.partition(":")
+    if kind != "g" or not number.isdigit() or len(number) > 19:
+        raise ValueError(f"not a group conversation: {conv!r}")
+    return int(number)
+
+
 def participants(conv: str) -> tuple[int, ...]:
     """The user ids of a one-to-one conversation key; ``ValueError`` for anything else."""
     kind, *ids = conv.split(":")
-    if kind != "d" or len(ids) != 2:
+    if kind != "d" or len(ids) != 2 or not all(i.isdigit() and len(i) <= 19 for i in ids):
         raise ValueError(f"not a direct conversation: {conv!r}")
     return tuple(int(i) for i in ids)
 
@@ -98,6 +111,8 @@ def assign_seqs(
                 client_msg_id=request.client_msg_id,
                 body=request.body,
                 ts=request.ts,
+                kind=request.kind,
+                ref_seq=request.ref_seq,
             )
             known[key] = message
             new.append(message)

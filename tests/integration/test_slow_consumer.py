@@ -130,7 +130,7 @@ class SlowConsumerTests(TestCase):
             for _ in range(50):
                 seq += 1
                 message = StoredMessage(seq, "d:1:2", seq, 2, "bob", f"m{seq}", body, 0)
-                hub.deliver(Delivery("gw1", (session_id,), message))
+                hub.deliver(Delivery("gw1", (session_id,), (1,), message))
             await deferLater(reactor, 0, lambda: None)
         self.assertFalse(session.accepts_deliveries, "the stalled session was never closed")
         connection: Any = hub._connections[session_id]
