@@ -1,4 +1,4 @@
-"""The broker persist path's stop: bounded while the store is down, and no submitter left waiting forever.
+"""The broker persist path: its bodies carry every field, and its stop is bounded and leaves no submitter waiting.
 
 Against a fake bus (what was published, acked, nacked, cancelled) and the
 in-memory store, on a :class:`~twisted.internet.task.Clock`; the real
@@ -18,10 +18,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from gochat.errors import ErrorCode, GochatError
 from gochat.logic.amqp import BrokerMessage
 from gochat.logic.batch_writer import BatchPolicy
-from gochat.logic.broker_persist import BrokerPersistConsumer, BrokerPersistQueue, encode_request
+from gochat.logic.broker_persist import BrokerPersistConsumer, BrokerPersistQueue, decode_request, encode_request
 from gochat.logic.memory import InMemoryMessageStore
 from gochat.logic.sequencing import Assignment
-from gochat.model import PersistRequest, StoredMessage
+from gochat.model import MessageKind, PersistRequest, StoredMessage
+from gochat.v1 import logic_pb2 as pb
 
 POLICY = BatchPolicy(max_batch=10, max_delay=0.005, retry_initial=0.05, retry_max=1.0)
 
@@ -80,7 +81,7 @@ class OutageStore(InMemoryMessageStore):
         return super().commit_batch(requests, known_last_seq)
 
 
-def request(n: int) -> PersistRequest:
+def request(n: int, kind: str = MessageKind.TEXT, ref_seq: int = 0) -> PersistRequest:
     return PersistRequest(
         msg_id=1000 + n,
         conv="d:1:2",
@@ -92,17 +93,81 @@ def request(n: int) -> PersistRequest:
         participants=(1, 2),
         origin_gateway="g",
         origin_session="s",
+        kind=kind,
+        ref_seq=ref_seq,
     )
 
 
-def delivery(n: int) -> BrokerMessage:
+def delivery(n: int, kind: str = MessageKind.TEXT, ref_seq: int = 0) -> BrokerMessage:
     return BrokerMessage(
-        body=encode_request(request(n), "reply.queue"),
+        body=encode_request(request(n, kind, ref_seq), "reply.queue"),
         delivery_tag=n,
         redelivered=False,
         routing_key="gochat.persist",
         generation=1,
     )
+
+
+def reply_message(body: bytes, tag: int) -> BrokerMessage:
+    return BrokerMessage(body=body, delivery_tag=tag, redelivered=False, routing_key="reply.queue", generation=1)
+
+
+class CodecTests(SynchronousTestCase):
+    """A persist request survives its RabbitMQ body exactly, kind and ref_seq included."""
+
+    def test_round_trip(self) -> None:
+        for original in (
+            request(1),
+            request(2, MessageKind.EDIT, 1),
+            request(3, MessageKind.RECALL, 2),
+            request(4, MessageKind.MEMBER),
+            PersistRequest(
+                9, "g:7", 1, "alice", "c-\N{SNOWMAN}", "h\u00e9llo \N{GRINNING FACE}", 5, (1, 2, 3), "g", "s"
+            ),
+        ):
+            body = encode_request(original, "reply.queue")
+            decoded, reply_to = decode_request(body)
+            self.assertEqual((decoded, reply_to), (original, "reply.queue"))
+            self.assertEqual(encode_request(decoded, reply_to), body, "byte for byte")
+
+    def test_a_body_without_a_kind_is_text(self) -> None:
+        """A request queued by a logic process that knew no kinds is stored as text."""
+        body = pb.PersistRequest(msg_id=5, conv="d:1:2", sender_id=1, body="hi", reply_to="r").SerializeToString()
+        decoded, _ = decode_request(body)
+        self.assertEqual((decoded.kind, decoded.ref_seq), (MessageKind.TEXT, 0))
+
+    def test_garbage(self) -> None:
+        with self.assertRaises(ValueError):
+            decode_request(b"\xff\xff\xff")
+
+
+class KindRoundTripTests(SynchronousTestCase):
+    """An edit goes through the queue, the worker and the reply and comes back to its submitter as an edit."""
+
+    def test_the_submitter_gets_the_stored_kind_and_ref_seq(self) -> None:
+        clock = Clock()
+        bus = FakeBus()
+        store = InMemoryMessageStore()
+        consumer = BrokerPersistConsumer(bus, store, clock, POLICY, lambda items: None)  # type: ignore[arg-type]
+        queue = BrokerPersistQueue(bus, clock, "reply.queue")  # type: ignore[arg-type]
+        consumer.startService()
+        queue.startService()
+        persist_consumer, reply_consumer = bus.consumers
+        results: list[StoredMessage] = []
+        queue.submit(request(1)).addCallback(results.append)
+        queue.submit(request(2, MessageKind.EDIT, 1)).addCallback(results.append)
+        for tag, (queue_name, body) in enumerate(bus.published, start=1):
+            self.assertEqual(queue_name, "gochat.persist")
+            persist_consumer.handler(
+                BrokerMessage(body=body, delivery_tag=tag, redelivered=False, routing_key=queue_name, generation=1)
+            )
+        del bus.published[:]
+        clock.advance(POLICY.max_delay)
+        self.assertEqual([queue_name for queue_name, _ in bus.published], ["reply.queue"] * 2)
+        for tag, (_, body) in enumerate(bus.published, start=1):
+            reply_consumer.handler(reply_message(body, tag))
+        self.assertEqual([(m.seq, m.kind, m.ref_seq) for m in results], [(1, "text", 0), (2, "edit", 1)])
+        self.assertEqual(results, [store.messages[1001], store.messages[1002]])
 
 
 class ConsumerDrainTests(SynchronousTestCase):
