@@ -110,12 +110,13 @@ class JsonClient(WebSocketClientProtocol):
 class GatewayTestCase(SynchronousTestCase):
     limits = SessionLimits(auth_timeout=10.0, idle_timeout=60.0, close_timeout=5.0)
     max_frame_bytes = 4096
+    chat_settings: ChatSettings | None = None
 
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(1_800_000_000.0)
         self.messages = InMemoryMessageStore()
-        self.logic = build_logic(self.clock, self.messages)
+        self.logic = build_logic(self.clock, self.messages, settings=self.chat_settings)
         self.factory = GatewayFactory(self.clock, URL, self.max_frame_bytes)
         self.hub = GatewayHub("gw1", LocalLogicClient(self.logic), self.clock, self.limits, self.factory.prepare)
         self.factory.hub = self.hub
