@@ -1,7 +1,9 @@
-"""The embedded store on a real SQLite file: schema, idempotent batched inserts, and ChatLogic over it."""
+"""The embedded store on a real SQLite file: schema and its migrations, idempotent batched inserts, and the
+behaviour every store shares (:class:`tests.store_contract.StoreContract`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 from twisted.internet.defer import gatherResults
@@ -13,8 +15,15 @@ from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.interfaces import StaleSequenceError
 from gochat.logic.persist import Committed, PersistWorker
 from gochat.logic.sequencing import participants
-from gochat.logic.sqlite_store import SqliteAccountStore, SqliteMessageStore, SqliteStoreService, connect_pool
-from gochat.model import PersistRequest
+from gochat.logic.sqlite_store import (
+    SqliteAccountStore,
+    SqliteGroupStore,
+    SqliteMessageStore,
+    SqliteStoreService,
+    connect_pool,
+)
+from gochat.model import MessageKind, PersistRequest
+from tests.store_contract import StoreContract
 
 
 def request(n: int, cmid: str | None = None, conv: str = "d:1:2") -> PersistRequest:
@@ -32,7 +41,28 @@ def request(n: int, cmid: str | None = None, conv: str = "d:1:2") -> PersistRequ
     )
 
 
-class SqliteStoreTests(TestCase):
+def schema_2_database(path: str) -> None:
+    """An SQLite file as gochat left it at schema version 2, with messages and a per-user index in it."""
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for version, statements in sqlite_store.MIGRATIONS[:2]:
+        for statement in statements:
+            connection.execute(statement)
+        connection.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+    connection.executemany(
+        "INSERT INTO messages (msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [(1000 + n, "d:1:2", n, 1 if n < 4 else 2, "x", f"m{n}", f"old {n}", n) for n in range(1, 6)],
+    )
+    connection.executemany(
+        "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq) VALUES (?, ?, ?, ?)",
+        [(1, "d:1:2", 5, 5), (2, "d:1:2", 5, 1)],
+    )
+    connection.commit()
+    connection.close()
+
+
+class SqliteStoreTests(StoreContract, TestCase):
     timeout = 30
 
     async def start(self, path: str | None = None) -> None:
@@ -42,6 +72,7 @@ class SqliteStoreTests(TestCase):
         self.pool = connect_pool(self.path, reactor)
         self.accounts = SqliteAccountStore(self.pool)
         self.messages = SqliteMessageStore(self.pool)
+        self.groups = SqliteGroupStore(self.pool)
         self.committed: list[Committed[None]] = []
         self.worker: PersistWorker[None] = PersistWorker(
             self.messages, reactor, BatchPolicy(max_batch=50, max_delay=0.002), self.committed.extend
@@ -53,6 +84,10 @@ class SqliteStoreTests(TestCase):
     async def stop(self) -> None:
         await self.worker.stop()
         self.service.stopService()
+
+    async def start_stores(self) -> None:
+        await self.start()
+        self.addCleanup(self.stop)
 
     async def test_messages_round_trip(self) -> None:
         """Batched messages get seqs 1..n in order, are found by client id, and last_seq follows them."""
@@ -155,3 +190,51 @@ class SqliteStoreTests(TestCase):
         await self.messages.record_received(2, "d:1:3", 1)
         self.assertEqual([(c.conv, c.acked_seq) for c in await self.messages.conversations(2)], [("d:1:2", 5)])
         self.assertEqual([m.seq for m in await self.messages.messages_after("d:1:2", 2, 2)], [3, 4])
+
+    async def test_migration_from_schema_2_keeps_data(self) -> None:
+        """A schema 2 file with data is migrated at start: old messages are text, what each user had received
+        counts as read, and the new columns, cursors and group tables work."""
+        path = self.mktemp()
+        schema_2_database(path)
+        await self.start(path)
+        self.addCleanup(self.stop)
+        old = await self.messages.messages_after("d:1:2", 0, 10)
+        self.assertEqual(
+            [(m.seq, m.body, m.kind, m.ref_seq) for m in old], [(n, f"old {n}", "text", 0) for n in range(1, 6)]
+        )
+        self.assertEqual(
+            [(c.conv, c.last_seq, c.acked_seq, c.read_seq, c.unread) for c in await self.messages.conversations(2)],
+            [("d:1:2", 5, 1, 1, 2)],
+        )
+        self.assertEqual(await self.messages.read_positions("d:1:2"), {1: 5, 2: 1})
+        edit = dataclasses.replace(request(6), kind=MessageKind.EDIT, ref_seq=4)
+        [stored] = (await self.messages.commit_batch([edit], {})).results
+        self.assertEqual((stored.seq, stored.kind, stored.ref_seq), (6, MessageKind.EDIT, 4))
+        group = await self.groups.create("after the upgrade", [], 1.0)
+        self.assertEqual(await self.groups.get(group.group_id), group)
+        connection = sqlite3.connect(path)
+        self.addCleanup(connection.close)
+        versions = connection.execute("SELECT version FROM schema_version ORDER BY version").fetchall()
+        self.assertEqual(versions, [(v,) for v in range(1, sqlite_store.SCHEMA_VERSION + 1)])
+
+    async def test_failed_migration_changes_nothing(self) -> None:
+        """A migration that fails part way is rolled back whole: the file stays at schema 2, data intact."""
+        path = self.mktemp()
+        schema_2_database(path)
+        connection = sqlite3.connect(path)
+        self.addCleanup(connection.close)
+        connection.execute("CREATE TABLE group_members (in_the_way INTEGER)")  # migration 3's last table
+        connection.commit()
+        from twisted.internet import reactor
+
+        service = SqliteStoreService(connect_pool(path, reactor))
+        service.startService()
+        with self.assertRaises(sqlite3.OperationalError):
+            await service.ready
+        service.stopService()
+        self.flushLoggedErrors(sqlite3.OperationalError)
+        self.assertEqual(connection.execute("SELECT MAX(version) FROM schema_version").fetchone(), (2,))
+        columns = {row[1] for row in connection.execute("PRAGMA table_info(messages)")}
+        self.assertNotIn("kind", columns)
+        self.assertIsNone(connection.execute("SELECT name FROM sqlite_master WHERE name = 'chat_groups'").fetchone())
+        self.assertEqual(connection.execute("SELECT COUNT(*) FROM messages").fetchone(), (5,))
