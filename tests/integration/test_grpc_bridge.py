@@ -8,6 +8,7 @@ with a cheap scrypt cost so that hashing passwords takes no time.
 from __future__ import annotations
 
 import collections
+import json
 import pathlib
 from collections.abc import Generator
 from typing import Any
@@ -18,9 +19,23 @@ from twisted.trial.unittest import TestCase
 from gochat.errors import ErrorCode, GochatError
 from gochat.grpc_bridge import GrpcLogicClient, GrpcServerService, LogicServicer
 from gochat.logic import service as logic_service
+from gochat.logic.chat import ChatSettings
 from gochat.logic.passwords import ScryptCost
 from gochat.logic.tokens import TokenSigner, load_or_create_secret
-from gochat.model import Ack, Delivery, Identity, LoginResult, SendCommand
+from gochat.model import (
+    Ack,
+    ConversationInfo,
+    Delivery,
+    GroupInfo,
+    HistoryPage,
+    Identity,
+    LoginResult,
+    MemberInfo,
+    MessageKind,
+    SendCommand,
+    Signal,
+    SignalKind,
+)
 from tests.integration.support import bounded, free_port
 
 PASSWORD = "correct horse battery"
@@ -83,10 +98,12 @@ class DeliveryQueue:
         return bounded(d, self._reactor, WAIT, "a delivery")
 
 
-class GrpcBridgeTests(TestCase):
-    """:class:`GrpcLogicClient` against :class:`GrpcServerService` serving a real :class:`ChatLogic`."""
+class BridgeTestCase(TestCase):
+    """A real :class:`ChatLogic` served by :class:`GrpcServerService`, and a :class:`GrpcLogicClient` talking to it."""
 
     timeout = 60
+    #: The logic's settings for the tests of this class.
+    chat_settings = ChatSettings()
 
     def setUp(self) -> Deferred[int]:  # type: ignore[override]  # trial waits for a Deferred from setUp
         from twisted.internet import reactor as global_reactor
@@ -94,7 +111,7 @@ class GrpcBridgeTests(TestCase):
         reactor: Any = global_reactor
         self.reactor = reactor
         self.config = logic_service.LogicConfig(
-            data_dir=pathlib.Path(self.mktemp()), grpc_listen=None, scrypt=CHEAP_SCRYPT
+            data_dir=pathlib.Path(self.mktemp()), grpc_listen=None, scrypt=CHEAP_SCRYPT, chat=self.chat_settings
         )
         self.logic = logic_service.build(self.config, reactor)
         self.bus = WatchedDeliveryBus(self.logic.chat.deliveries, reactor)
@@ -109,6 +126,7 @@ class GrpcBridgeTests(TestCase):
 
         self.client = GrpcLogicClient(f"127.0.0.1:{self.server.port}", reactor, timeout=WAIT)
         self.addCleanup(self.client.close)
+        self.tokens: dict[str, str] = {}
         ready: Deferred[int] = self.logic.store.ready
         return ready
 
@@ -131,10 +149,49 @@ class GrpcBridgeTests(TestCase):
         )
 
     @inlineCallbacks
+    def people(self, *usernames: str) -> Generator[Deferred[Any], Any, list[Identity]]:
+        """Sign up each of *usernames*; fires with their identities (their tokens go to ``self.tokens``)."""
+        identities = []
+        for username in usernames:
+            login = yield self.sign_up(username)
+            self.tokens[username] = login.token
+            identities.append(Identity(login.user_id, username))
+        return identities
+
+    def say(
+        self,
+        sender: Identity,
+        conv: str,
+        client_msg_id: str,
+        body: str,
+        kind: str = MessageKind.TEXT,
+        ref_seq: int = 0,
+        route: tuple[str, str] = ("gw-x", "s-x"),
+    ) -> Deferred[Ack]:
+        """Send into the conversation *conv* (a group), text or an edit or recall of *ref_seq*."""
+        command = SendCommand(
+            sender_id=sender.user_id,
+            sender=sender.username,
+            gateway_id=route[0],
+            session_id=route[1],
+            client_msg_id=client_msg_id,
+            to_username="",
+            body=body,
+            conv=conv,
+            kind=kind,
+            ref_seq=ref_seq,
+        )
+        return self.client.send(command)
+
+    @inlineCallbacks
     def assert_fails_with(self, d: Deferred[Any], code: ErrorCode) -> Generator[Deferred[Any], Any, GochatError]:
         error: GochatError = yield self.assertFailure(d, GochatError)
         self.assertEqual(error.code, code, str(error))
         return error
+
+
+class GrpcBridgeTests(BridgeTestCase):
+    """:class:`GrpcLogicClient` against :class:`GrpcServerService` serving a real :class:`ChatLogic`."""
 
     # Accounts and sessions.
 
@@ -208,8 +265,14 @@ class GrpcBridgeTests(TestCase):
         for n, ack in enumerate(acks, start=1):
             delivery = yield deliveries.next()
             self.assertEqual(delivery.gateway_id, "gw-b")
-            self.assertEqual(sorted(delivery.session_ids), ["s-a2", "s-b1", "s-b2"])
+            self.assertEqual(
+                sorted(zip(delivery.session_ids, delivery.user_ids, strict=True)),
+                [("s-a2", alice.user_id), ("s-b1", bob.user_id), ("s-b2", bob.user_id)],
+                "each session with the user it was routed for",
+            )
+            self.assertIsNone(delivery.signal)
             message = delivery.message
+            assert message is not None
             self.assertEqual(
                 (message.msg_id, message.conv, message.seq, message.ts), (ack.msg_id, ack.conv, ack.seq, ack.ts)
             )
@@ -220,6 +283,7 @@ class GrpcBridgeTests(TestCase):
         reply = yield self.client.send(self.command(bob, "alice", "r-1", "hi alice", ("gw-b", "s-b1")))
         delivery = yield deliveries.next()
         self.assertEqual(sorted(delivery.session_ids), ["s-a2", "s-b2"], "never back to the sending session")
+        assert delivery.message is not None
         self.assertEqual((delivery.message.seq, delivery.message.sender), (reply.seq, "bob"))
         self.assertEqual(reply.seq, 3)
 
@@ -264,6 +328,176 @@ class GrpcBridgeTests(TestCase):
             self.client.send(self.command(alice, "nobody", "c-1", "anyone?", ("gw-1", "s-1"))),
             ErrorCode.UNKNOWN_USER,
         )
+
+
+class GroupBridgeTests(BridgeTestCase):
+    """Groups, history, read receipts, typing and edits through the bridge: each answer equals ChatLogic's own."""
+
+    @inlineCallbacks
+    def test_group_lifecycle(self) -> Generator[Deferred[Any], Any, None]:
+        alice, bob, carol = yield self.people("alice", "bob", "carol")
+        group = yield self.client.create_group(alice, "Climbers \N{MOUNTAIN}", ["bob"])
+        self.assertIsInstance(group, GroupInfo)
+        self.assertEqual((group.name, group.member_count, group.role), ("Climbers \N{MOUNTAIN}", 2, "owner"))
+        self.assertEqual(group.conv, f"g:{group.group_id}")
+        gid = group.group_id
+
+        added = yield self.client.add_members(alice, gid, ["carol"], "admin")
+        self.assertEqual([(m.user_id, m.username, m.role) for m in added], [(carol.user_id, "carol", "admin")])
+        self.assertIsInstance(added[0], MemberInfo)
+        self.assertGreater(added[0].joined_seq, 0, "a new member sees the group from when they joined")
+
+        members = yield self.client.members(bob.user_id, gid)
+        self.assertEqual(
+            [(m.username, m.role) for m in members], [("alice", "owner"), ("bob", "member"), ("carol", "admin")]
+        )
+        local_members = yield self.logic.chat.members(bob.user_id, gid)
+        self.assertEqual(members, local_members)
+        groups = yield self.client.groups(bob.user_id)
+        self.assertEqual(groups, [GroupInfo(gid, group.conv, group.name, group.created_at, 3, "member")])
+
+        self.assertIsNone((yield self.client.set_role(alice, gid, "bob", "admin")))
+        self.assertIsNone((yield self.client.remove_member(alice, gid, "carol")))
+        self.assertIsNone((yield self.client.leave_group(alice, gid)))
+        members = yield self.client.members(bob.user_id, gid)
+        self.assertEqual([(m.username, m.role) for m in members], [("bob", "owner")], "the admin took over")
+        self.assertEqual((yield self.client.groups(alice.user_id)), [])
+        self.assertEqual((yield self.client.groups(carol.user_id)), [])
+
+        page = yield self.client.history(bob.user_id, group.conv, None, None, 50)
+        events = [json.loads(m.body) for m in page.messages]
+        self.assertEqual({m.kind for m in page.messages}, {MessageKind.MEMBER})
+        self.assertEqual(
+            [e["action"] for e in events], ["created", "added", "role", "removed", "left"], "every change is an event"
+        )
+        self.assertEqual({e["by"] for e in events}, {"alice"}, "the caller's identity crossed the wire")
+
+    @inlineCallbacks
+    def test_messages_edits_history_reads_and_the_conversation_list(self) -> Generator[Deferred[Any], Any, None]:
+        alice, bob = yield self.people("alice", "bob")
+        group = yield self.client.create_group(alice, "Pair", ["bob"])
+        conv = group.conv
+        first = yield self.say(alice, conv, "c-1", "hello")
+        edit = yield self.say(alice, conv, "c-2", "hello, all", MessageKind.EDIT, first.seq)
+        self.assertEqual((first.conv, edit.conv, edit.seq), (conv, conv, first.seq + 1))
+
+        page = yield self.client.history(bob.user_id, conv, None, None, 50)
+        self.assertIsInstance(page, HistoryPage)
+        self.assertEqual(page.conv, conv)
+        self.assertEqual(
+            [(m.seq, m.kind, m.ref_seq, m.body) for m in page.messages[1:]],
+            [(first.seq, "text", 0, "hello"), (edit.seq, "edit", first.seq, "hello, all")],
+        )
+        self.assertEqual(page.messages[0].kind, MessageKind.MEMBER)
+        self.assertEqual(page, (yield self.logic.chat.history(bob.user_id, conv, None, None, 50)))
+
+        newest = yield self.client.history(bob.user_id, conv, None, None, 2)
+        oldest = yield self.client.history(bob.user_id, conv, None, 0, 2)
+        before = yield self.client.history(bob.user_id, conv, edit.seq, None, 1)
+        self.assertEqual([m.seq for m in newest.messages], [first.seq, edit.seq], "no bound: the newest")
+        self.assertEqual([m.seq for m in oldest.messages], [1, first.seq], "after 0 is a bound, not none")
+        self.assertEqual([m.seq for m in before.messages], [first.seq])
+
+        (unread,) = yield self.client.conversation_list(bob.user_id)
+        self.assertIsInstance(unread, ConversationInfo)
+        self.assertEqual((unread.conv, unread.title, unread.last_seq), (conv, "Pair", edit.seq))
+        self.assertGreater(unread.unread, 0)
+        self.assertEqual([unread], (yield self.logic.chat.conversation_list(bob.user_id)))
+
+        read_seq = yield self.client.mark_read(bob, conv, edit.seq, "gw-b", "s-b1")
+        self.assertEqual(read_seq, edit.seq)
+        (read,) = yield self.client.conversation_list(bob.user_id)
+        self.assertEqual((read.read_seq, read.unread), (edit.seq, 0))
+        page = yield self.client.history(alice.user_id, conv, None, None, 50)
+        self.assertEqual(page.reads["bob"], edit.seq)
+        self.assertEqual(page.reads, (yield self.logic.chat.history(alice.user_id, conv, None, None, 50)).reads)
+
+    @inlineCallbacks
+    def test_signals_and_group_messages_reach_the_gateway(self) -> Generator[Deferred[Any], Any, None]:
+        deliveries = DeliveryQueue(self.reactor)
+        self.client.subscribe("gw-b", deliveries)
+        yield self.bus.when_subscribed("gw-b")
+        alice, bob = yield self.people("alice", "bob")
+        group = yield self.client.create_group(alice, "Pair", ["bob"])
+        yield self.client.connect(self.tokens["alice"], "gw-a", "s-a1")
+        yield self.client.connect(self.tokens["bob"], "gw-b", "s-b1")
+        yield self.client.connect(self.tokens["bob"], "gw-b", "s-b2")
+
+        yield self.client.typing(alice, group.conv)
+        typing = yield deliveries.next()
+        self.assertIsNone(typing.message)
+        self.assertIsInstance(typing.signal, Signal)
+        assert typing.signal is not None
+        self.assertEqual(
+            (typing.signal.kind, typing.signal.conv, typing.signal.user_id, typing.signal.username),
+            (SignalKind.TYPING, group.conv, alice.user_id, "alice"),
+        )
+        self.assertGreater(typing.signal.ts, 0)
+        self.assertEqual(sorted(typing.session_ids), ["s-b1", "s-b2"])
+        self.assertEqual(typing.user_ids, (bob.user_id, bob.user_id))
+
+        ack = yield self.say(alice, group.conv, "c-1", "hello", route=("gw-a", "s-a1"))
+        message = yield deliveries.next()
+        assert message.message is not None
+        self.assertIsNone(message.signal)
+        self.assertEqual((message.message.seq, message.message.kind), (ack.seq, MessageKind.TEXT))
+        self.assertEqual(
+            sorted(zip(message.session_ids, message.user_ids, strict=True)),
+            [("s-b1", bob.user_id), ("s-b2", bob.user_id)],
+        )
+
+        edit = yield self.say(alice, group.conv, "c-2", "hello!", MessageKind.EDIT, ack.seq, ("gw-a", "s-a1"))
+        changed = yield deliveries.next()
+        assert changed.message is not None
+        self.assertEqual(
+            (changed.message.seq, changed.message.kind, changed.message.ref_seq, changed.message.body),
+            (edit.seq, MessageKind.EDIT, ack.seq, "hello!"),
+        )
+
+        yield self.client.mark_read(bob, group.conv, edit.seq, "gw-b", "s-b1")
+        read = yield deliveries.next()
+        self.assertEqual(
+            (read.session_ids, read.user_ids, read.message),
+            (("s-b2",), (bob.user_id,), None),
+            "bob's other device is told, not the one that read",
+        )
+        assert read.signal is not None
+        self.assertEqual(read.signal, Signal(SignalKind.READ, group.conv, bob.user_id, "bob", edit.seq, read.signal.ts))
+
+
+class RefusalBridgeTests(BridgeTestCase):
+    """Every refusal of the group features reaches the gateway with its stable code."""
+
+    #: Groups of three at most; every recall comes after its (negative) window has closed.
+    chat_settings = ChatSettings(max_group_size=3, recall_window=-1.0)
+
+    @inlineCallbacks
+    def test_refusals(self) -> Generator[Deferred[Any], Any, None]:
+        alice, bob, _, dave = yield self.people("alice", "bob", "carol", "dave")
+        yield self.assert_fails_with(
+            self.client.create_group(alice, "Four", ["bob", "carol", "dave"]), ErrorCode.GROUP_FULL
+        )
+        group = yield self.client.create_group(alice, "Three", ["bob", "carol"])
+        gid, conv = group.group_id, group.conv
+
+        yield self.assert_fails_with(self.client.add_members(alice, gid, ["dave"], "member"), ErrorCode.GROUP_FULL)
+        yield self.assert_fails_with(self.client.add_members(bob, gid, ["dave"], "member"), ErrorCode.FORBIDDEN)
+        yield self.assert_fails_with(self.client.set_role(bob, gid, "carol", "admin"), ErrorCode.FORBIDDEN)
+        yield self.assert_fails_with(self.client.remove_member(bob, gid, "alice"), ErrorCode.FORBIDDEN)
+        yield self.assert_fails_with(self.client.add_members(alice, gid, ["nobody"], "member"), ErrorCode.UNKNOWN_USER)
+
+        yield self.assert_fails_with(self.client.members(dave.user_id, gid), ErrorCode.NOT_MEMBER)
+        yield self.assert_fails_with(self.client.leave_group(dave, gid), ErrorCode.NOT_MEMBER)
+        yield self.assert_fails_with(self.client.history(dave.user_id, conv, None, None, 10), ErrorCode.NOT_MEMBER)
+        yield self.assert_fails_with(self.client.typing(dave, conv), ErrorCode.NOT_MEMBER)
+        yield self.assert_fails_with(self.client.mark_read(dave, conv, 1, "gw", "s"), ErrorCode.NOT_MEMBER)
+        yield self.assert_fails_with(self.say(dave, conv, "d-1", "let me in"), ErrorCode.NOT_MEMBER)
+
+        ack = yield self.say(alice, conv, "c-1", "hi")
+        yield self.assert_fails_with(self.say(bob, conv, "b-1", "hi!", MessageKind.EDIT, ack.seq), ErrorCode.FORBIDDEN)
+        yield self.assert_fails_with(self.say(alice, conv, "c-2", "", MessageKind.RECALL, ack.seq), ErrorCode.TOO_LATE)
+        yield self.assert_fails_with(self.say(alice, conv, "c-3", "x", MessageKind.EDIT, 99), ErrorCode.UNKNOWN_MESSAGE)
+        yield self.assert_fails_with(self.client.history(alice.user_id, conv, 5, 3, 10), ErrorCode.BAD_REQUEST)
 
 
 class UnreachableLogicTests(TestCase):
