@@ -15,6 +15,7 @@ setup(
     package_data={
         "twisted": ["plugins/gochat_plugins.py"],
         "gochat": ["py.typed"],
+        "gochat.gateway": ["static/*"],  # the web client the gateway serves at /
         "gochat.logic": ["amqp0-9-1.stripped.extended.xml"],
         "gochat.v1": ["*.pyi"],
     },
@@ -34,12 +35,14 @@ setup(
             "pytest-twisted>=1.14,<2",
             "grpcio-tools==1.85.1",
             "websockets>=17,<18",  # bench/chaos.py's clients, independent of the server's Autobahn
+            "playwright>=1.65,<2",  # tests/integration/test_browser.py drives Debian's /usr/bin/chromium
         ],
         "dev": [
             "pytest>=9,<10",
             "pytest-twisted>=1.14,<2",
             "grpcio-tools==1.85.1",
             "websockets>=17,<18",  # bench/chaos.py's clients, independent of the server's Autobahn
+            "playwright>=1.65,<2",  # tests/integration/test_browser.py drives Debian's /usr/bin/chromium
             "mypy>=2.4,<3",
             "mypy-zope>=1.0.17,<2",
             "ruff>=0.17,<0.18",

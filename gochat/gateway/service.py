@@ -18,12 +18,12 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import serverFromString
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from twisted.web.static import Data
 
 from gochat.gateway.http_api import api_resource
 from gochat.gateway.hub import GatewayHub
 from gochat.gateway.logic_client import ILogicClient, LocalLogicClient
 from gochat.gateway.session import SessionLimits
+from gochat.gateway.web import web_client_root
 from gochat.gateway.websocket import GatewayFactory, GatewayWebSocketResource
 from gochat.lifecycle import StopInReverse
 from gochat.logic import service as logic_service
@@ -51,6 +51,8 @@ class GatewayConfig:
     wheel_tick: float = 0.5
     wheel_slots: int = 512
     broker: str | None = None
+    #: Web origins (``scheme://host[:port]``, or ``*``) whose pages may open the WebSocket besides the gateway's own.
+    allowed_origins: tuple[str, ...] = ()
     embedded_logic: logic_service.LogicConfig = field(
         default_factory=lambda: logic_service.LogicConfig(grpc_listen=None)
     )
@@ -96,13 +98,8 @@ class _ClientCloser(Service):
 
 
 def _site(logic: ILogicClient, factory: GatewayFactory, reactor: Any) -> Site:
-    root = Resource()
-    root.putChild(
-        b"",
-        Data(
-            b"gochat gateway: WebSocket at /ws, HTTP API at /api; see docs/protocol.md\n", "text/plain; charset=utf-8"
-        ),
-    )
+    """The gateway's HTTP site: the web client at ``/``, the JSON API at ``/api``, the WebSocket at ``/ws``."""
+    root: Resource = web_client_root()
     root.putChild(b"api", api_resource(logic))
     root.putChild(b"ws", GatewayWebSocketResource(factory))
     return Site(root, reactor=reactor)
@@ -130,7 +127,9 @@ def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None
         bus = AmqpBus(reactor, logic_service.amqp_settings(config.broker), [gateway_queue_spec(config.gateway_id)])
         bus.setServiceParent(top)
         deliveries = AmqpDeliveryBus(bus)
-    factory = GatewayFactory(reactor, config.public_url, config.max_frame_bytes, config.max_backlog_bytes)
+    factory = GatewayFactory(
+        reactor, config.public_url, config.max_frame_bytes, config.max_backlog_bytes, config.allowed_origins
+    )
     hub = GatewayHub(
         config.gateway_id,
         logic,

@@ -13,6 +13,7 @@ from twisted.python import usage
 
 from gochat.gateway.service import EMBEDDED, GatewayConfig, build, default_gateway_id
 from gochat.gateway.session import SessionLimits
+from gochat.gateway.websocket import parse_origin
 from gochat.logic.service import LogicConfig
 
 
@@ -66,6 +67,19 @@ class Options(usage.Options):
         ],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["allowed-origin"] = []
+
+    def opt_allowed_origin(self, origin: str) -> None:
+        """Also let pages of ORIGIN (scheme://host[:port], or *) open the WebSocket; repeatable. Own page: always."""
+        if origin != "*":
+            try:
+                parse_origin(origin)
+            except ValueError as e:
+                raise usage.UsageError(f"--allowed-origin: {e}") from None
+        self["allowed-origin"].append(origin)
+
 
 def config_from_options(options: Options) -> GatewayConfig:
     """The frozen config the options describe."""
@@ -87,6 +101,7 @@ def config_from_options(options: Options) -> GatewayConfig:
         max_backlog_bytes=options["max-backlog-bytes"],
         wheel_tick=options["wheel-tick"],
         route_refresh=options["route-refresh"],
+        allowed_origins=tuple(options["allowed-origin"]),
         embedded_logic=LogicConfig(data_dir=pathlib.Path(options["data-dir"]), grpc_listen=None),
     )
 

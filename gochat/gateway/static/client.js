@@ -1,0 +1,881 @@
+// gochat's protocol client: the web page's state and its one WebSocket, with no DOM.
+//
+// It speaks version 1 of docs/protocol.md and nothing else: auth, ping, send, sync,
+// recv_ack and presence frames out; auth_ok, pong, ack, push, sync_ok, recv_ack_ok,
+// presence_ok and error frames in. The page (app.js) renders what this module holds
+// and calls its methods; every change is announced with a "change" event.
+//
+// Conversations are kept by the `conv` key the server gives ("d:1:2" for a direct
+// chat). A chat the user starts by name has no key until the server acks its first
+// message, so it lives as a draft ("new:bob") until then. Keys of other kinds
+// (groups, later) are held and shown the same way; only sending needs to know the
+// kind, in sendTarget().
+//
+// Delivery: every message gets a random client_msg_id and waits in the outbox,
+// shown as "sending", until its ack (stored, with a seq). Without an ack it is sent
+// again with the same id (on a timeout, after an error that says "retry", after a
+// reconnect); the server stores it once. Only an error that retrying cannot fix
+// marks it "failed".
+//
+// Resume: after every (re)connect the client sends auth, then sync with `since` set
+// to the last gap-free seq it has of each conversation, then recv_ack for what it
+// stored. A push that skips a seq triggers a sync of that conversation.
+// Reconnects back off exponentially with jitter.
+
+export const PROTOCOL_VERSION = 1;
+export const MAX_BODY_CHARS = 8192;
+
+const ACK_TIMEOUT_MS = 10_000; // resend a send that has no reply after this long...
+const MAX_ACK_TIMEOUT_MS = 60_000; // ...doubling each time, up to this
+const CONNECT_TIMEOUT_MS = 15_000; // from opening the socket to auth_ok
+const RECONNECT_BASE_MS = 500;
+const RECONNECT_MAX_MS = 30_000;
+const PRESENCE_EVERY_MS = 15_000;
+const RECV_ACK_DELAY_MS = 150; // gather the acks of a burst of pushes into one frame per conversation
+const GAP_GRACE_MS = 1_500; // a missing seq may still arrive (our own ack, a push in flight) before we sync
+const KEEP_MESSAGES = 500; // per conversation, in memory
+const STORE_MESSAGES = 200; // per conversation, in localStorage
+const MAX_PRESENCE_NAMES = 500;
+
+// Error codes after which the same send may succeed later (docs/protocol.md, section 7).
+const RETRYABLE = new Set(["unavailable", "rate_limited", "internal", "shutting_down", "not_authenticated"]);
+// Close codes after which only a new login helps.
+const LOGIN_AGAIN = new Map([
+  [4401, "The server did not accept your session. Log in again."],
+  [4402, "Your session has expired. Log in again."],
+]);
+
+/** An HTTP API error: `code` is the stable error code, `message` is for people. */
+export class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function postCredentials(url, username, password) {
+  let response;
+  try {
+    response = await fetch(url, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ username, password }),
+      cache: "no-store",
+      credentials: "omit",
+    });
+  } catch {
+    throw new ApiError(0, "network", "Cannot reach the server.");
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    body = null;
+  }
+  if (!response.ok) {
+    const error = body && typeof body === "object" ? body.error : null;
+    throw new ApiError(
+      response.status,
+      error && typeof error.code === "string" ? error.code : `http_${response.status}`,
+      error && typeof error.message === "string" ? error.message : `The server answered HTTP ${response.status}.`,
+    );
+  }
+  return body;
+}
+
+/** POST /api/register; resolves to {user_id}. */
+export function register(apiBase, username, password) {
+  return postCredentials(new URL("register", apiBase), username, password);
+}
+
+/** POST /api/login; resolves to {user_id, token, expires_at}. */
+export function login(apiBase, username, password) {
+  return postCredentials(new URL("login", apiBase), username, password);
+}
+
+/** A random UUID (v4) from crypto.getRandomValues, which, unlike crypto.randomUUID, plain-http pages have too. */
+export function randomId() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+/** Characters as the server counts them (Unicode code points, not UTF-16 units). */
+export function codePoints(text) {
+  let n = 0;
+  for (const _ of text) n += 1;
+  return n;
+}
+
+/** Usernames are case-insensitive and trimmed by the server; compare them the same way. */
+export function normaliseName(name) {
+  return String(name).trim().toLowerCase();
+}
+
+/** "direct" for "d:<id>:<id>", "draft" for a chat not yet acked, "other" for any key this client has no rules for. */
+export function conversationKind(key) {
+  if (key.startsWith("d:")) return "direct";
+  if (key.startsWith("new:")) return "draft";
+  return "other";
+}
+
+/** Jittered exponential backoff: attempt 0, 1, 2... wait about 0.5 s, 1 s, 2 s... up to 30 s, each time 50-100%. */
+export function reconnectDelay(attempt, random = Math.random) {
+  const ceiling = Math.min(RECONNECT_MAX_MS, RECONNECT_BASE_MS * 2 ** Math.min(attempt, 16));
+  return Math.round(ceiling / 2 + (random() * ceiling) / 2);
+}
+
+/** One conversation: its messages by seq and how far it is complete. */
+export class Conversation {
+  constructor(key) {
+    this.key = key;
+    this.kind = conversationKind(key);
+    this.peer = null; // the other user's name, for a direct chat, once known
+    this.bySeq = new Map();
+    // The last seq this client has with no gap before it: what it sends as `since` and in recv_ack.
+    // null until the first message says where this client's copy starts (the server resumes each
+    // conversation after the user's last recv_ack, so older messages were seen on another device).
+    this.lastSeq = null;
+    this.unread = 0;
+    this.lastActivity = 0;
+  }
+
+  /** Messages in seq order. */
+  get messages() {
+    return [...this.bySeq.values()].sort((a, b) => a.seq - b.seq);
+  }
+
+  get lastMessage() {
+    let last = null;
+    for (const m of this.bySeq.values()) if (last === null || m.seq > last.seq) last = m;
+    return last;
+  }
+
+  /** True when a message past lastSeq is here, so one before it is missing. */
+  get hasGap() {
+    for (const seq of this.bySeq.keys()) if (seq > this.lastSeq) return true;
+    return false;
+  }
+
+  /** Store a message; false if its seq was already here. */
+  add(message) {
+    if (this.bySeq.has(message.seq)) return false;
+    if (this.lastSeq === null) this.lastSeq = message.seq - 1;
+    this.bySeq.set(message.seq, message);
+    while (this.bySeq.has(this.lastSeq + 1)) this.lastSeq += 1;
+    this.lastActivity = Math.max(this.lastActivity, message.ts || 0);
+    if (this.bySeq.size > KEEP_MESSAGES) {
+      const oldest = [...this.bySeq.keys()].sort((a, b) => a - b);
+      for (const seq of oldest.slice(0, this.bySeq.size - KEEP_MESSAGES)) this.bySeq.delete(seq);
+    }
+    return true;
+  }
+}
+
+/**
+ * The chat: conversations, outbox, presence and the connection, for one logged-in user.
+ *
+ * `session` is {token, userId, username, expiresAt}; `options.url` is the WebSocket URL;
+ * `options.storage`/`options.tabStorage` (localStorage/sessionStorage, or null) keep the
+ * conversations for the next visit and this tab's unsent messages across a reload.
+ */
+export class ChatClient extends EventTarget {
+  constructor(session, options) {
+    super();
+    this.session = session;
+    this.me = { id: session.userId, name: session.username };
+    this.url = options.url;
+    this.storage = options.storage ?? null;
+    this.tabStorage = options.tabStorage ?? null;
+    this.conversations = new Map();
+    this.outbox = new Map(); // client_msg_id -> entry, in the order they were written
+    this.presence = new Map(); // username -> "online" | "offline"
+    this.selected = null;
+    this.visible = true;
+    this.status = { state: "connecting", retryAt: null, detail: "" };
+    this.stopped = false;
+
+    this.ws = null;
+    this.authed = false;
+    this.synced = false;
+    this.requests = new Map(); // request id -> what it was
+    this.nextRequest = 1;
+    this.attempt = 0;
+    this.heartbeatMs = 30_000;
+    this.awaitingPong = false;
+    this.syncing = false;
+    this.syncAgain = false;
+    this.recvAcked = new Map(); // conv -> seq the server confirmed
+    this.recvAckInFlight = new Map(); // conv -> seq sent, not yet confirmed
+    this.timers = { reconnect: null, connect: null, heartbeat: null, presence: null, recvAck: null, save: null };
+    this.gapTimers = new Map();
+    this._load();
+  }
+
+  // Public API, for the page.
+
+  /** Open the connection (and keep it open until stop()). */
+  start() {
+    this.stopped = false;
+    this._connect();
+  }
+
+  /** Close the connection for good (logging out). */
+  stop() {
+    this.stopped = true;
+    for (const name of Object.keys(this.timers)) this._clearTimer(name);
+    for (const timer of this.gapTimers.values()) clearTimeout(timer);
+    this.gapTimers.clear();
+    for (const entry of this.outbox.values()) clearTimeout(entry.timer);
+    this._dropSocket(1000, "logging out");
+    this._setStatus("stopped");
+  }
+
+  /** Forget everything this client stored in the browser for this user (on logout). */
+  forgetStored() {
+    this.storage?.removeItem(this._historyKey);
+    this.tabStorage?.removeItem(this._outboxKey);
+  }
+
+  /** Connect now instead of waiting out the backoff (the network came back, or the user asked). */
+  reconnectNow() {
+    if (this.stopped || this.ws !== null) return;
+    this.attempt = 0;
+    this._clearTimer("reconnect");
+    this._connect();
+  }
+
+  /** The conversation the page shows; its unread count drops to zero while the page is visible. */
+  select(key) {
+    this.selected = key;
+    this._markSeen();
+    this._changed();
+  }
+
+  /** Whether the page is visible (unread counts grow for the shown conversation too while it is not). */
+  setVisible(visible) {
+    this.visible = visible;
+    this._markSeen();
+    this._changed();
+  }
+
+  /** Open a chat with `name`: the existing conversation, or a draft until the first message is acked. */
+  openDirect(name) {
+    const peer = normaliseName(name);
+    for (const conv of this.conversations.values()) {
+      if ((conv.kind === "direct" || conv.kind === "draft") && conv.peer === peer) {
+        this.select(conv.key);
+        return conv;
+      }
+    }
+    const draft = new Conversation(`new:${peer}`);
+    draft.peer = peer;
+    draft.lastActivity = Date.now();
+    this.conversations.set(draft.key, draft);
+    this.select(draft.key);
+    this._presenceSoon();
+    return draft;
+  }
+
+  /** Who a message in `conv` goes to, or null when this client cannot send there. */
+  sendTarget(conv) {
+    if ((conv.kind === "direct" || conv.kind === "draft") && conv.peer) return { to: conv.peer };
+    return null;
+  }
+
+  /** A direct chat's other user id, from its key ("d:1:2" seen by user 1 gives 2). */
+  peerId(conv) {
+    if (conv.kind !== "direct") return null;
+    const ids = conv.key.split(":").slice(1).map(Number);
+    const other = ids.find((id) => id !== this.me.id);
+    return other === undefined ? this.me.id : other;
+  }
+
+  /** A conversation's title for people. */
+  title(conv) {
+    if (conv.kind === "direct" || conv.kind === "draft") {
+      if (conv.peer === this.me.name || (conv.kind === "direct" && this.peerId(conv) === this.me.id)) {
+        return `${this.me.name} (you)`;
+      }
+      return conv.peer ?? `user #${this.peerId(conv)}`;
+    }
+    return conv.key;
+  }
+
+  /** Queue `text` for `conv`; it shows as "sending" until acked. Throws RangeError when it is empty or too long. */
+  send(conv, text) {
+    const target = this.sendTarget(conv);
+    if (target === null) throw new RangeError("This client cannot send to this conversation.");
+    if (text.trim() === "") throw new RangeError("Write something first.");
+    const length = codePoints(text);
+    if (length > MAX_BODY_CHARS) throw new RangeError(`Too long: ${length} of at most ${MAX_BODY_CHARS} characters.`);
+    const entry = {
+      clientMsgId: randomId(),
+      conv: conv.key,
+      target,
+      body: text,
+      created: Date.now(),
+      state: "sending",
+      error: null,
+      attempts: 0,
+      requestId: null,
+      timer: null,
+    };
+    this.outbox.set(entry.clientMsgId, entry);
+    conv.lastActivity = Math.max(conv.lastActivity, entry.created);
+    this._transmit(entry);
+    this._saveSoon();
+    this._changed();
+    return entry;
+  }
+
+  /** Send a failed message again, as a new message (a refused one was not stored). */
+  retry(clientMsgId) {
+    const old = this.outbox.get(clientMsgId);
+    if (!old || old.state !== "failed") return;
+    this.outbox.delete(clientMsgId);
+    const conv = this.conversations.get(old.conv);
+    if (conv) this.send(conv, old.body);
+  }
+
+  /** Drop a failed message. */
+  discard(clientMsgId) {
+    const entry = this.outbox.get(clientMsgId);
+    if (!entry || entry.state !== "failed") return;
+    this.outbox.delete(clientMsgId);
+    this._saveSoon();
+    this._changed();
+  }
+
+  /** The outbox entries of `conv`, oldest first. */
+  pendingIn(conv) {
+    return [...this.outbox.values()].filter((entry) => entry.conv === conv.key);
+  }
+
+  // The connection.
+
+  _connect() {
+    if (this.stopped) return;
+    if (this.session.expiresAt && this.session.expiresAt * 1000 <= Date.now()) {
+      this._loginAgain("Your session has expired. Log in again.");
+      return;
+    }
+    this._setStatus("connecting");
+    let ws;
+    try {
+      ws = new WebSocket(this.url);
+    } catch (error) {
+      this._setStatus("connecting", String(error));
+      this._scheduleReconnect();
+      return;
+    }
+    this.ws = ws;
+    ws.onopen = () => {
+      if (ws !== this.ws) return;
+      this._sendFrame("auth", { token: this.session.token }, { kind: "auth" });
+    };
+    ws.onmessage = (event) => {
+      if (ws !== this.ws || typeof event.data !== "string") return;
+      let frame;
+      try {
+        frame = JSON.parse(event.data);
+      } catch {
+        return;
+      }
+      this._frameReceived(frame);
+    };
+    ws.onclose = (event) => {
+      if (ws === this.ws) this._closed(event.code, event.reason);
+    };
+    this._setTimer("connect", CONNECT_TIMEOUT_MS, () => {
+      if (!this.authed) this._lost("the server did not answer in time");
+    });
+  }
+
+  _closed(code, reason) {
+    this._detach();
+    const loginMessage = LOGIN_AGAIN.get(code);
+    if (loginMessage) {
+      this._loginAgain(loginMessage);
+      return;
+    }
+    this._setStatus("waiting", reason ? `closed ${code}: ${reason}` : `closed ${code}`);
+    this._scheduleReconnect();
+  }
+
+  /** Give up on the current socket (no pong, no auth_ok in time) and reconnect with backoff. */
+  _lost(why) {
+    this._dropSocket(4000, why);
+    this._setStatus("waiting", why);
+    this._scheduleReconnect();
+  }
+
+  _dropSocket(code, reason) {
+    const ws = this.ws;
+    this._detach();
+    if (ws !== null) {
+      ws.onopen = ws.onmessage = ws.onclose = null;
+      try {
+        ws.close(code, reason);
+      } catch {
+        // Already closing or closed.
+      }
+    }
+  }
+
+  /** Forget the socket and everything that was in flight on it; unacked sends go back to waiting. */
+  _detach() {
+    this.ws = null;
+    this.authed = false;
+    this.synced = false;
+    this.syncing = false;
+    this.syncAgain = false;
+    this.awaitingPong = false;
+    this.requests.clear();
+    this.recvAckInFlight.clear();
+    for (const name of ["connect", "heartbeat", "presence", "recvAck"]) this._clearTimer(name);
+    for (const entry of this.outbox.values()) {
+      clearTimeout(entry.timer);
+      entry.timer = null;
+      entry.requestId = null;
+    }
+  }
+
+  _scheduleReconnect() {
+    if (this.stopped) return;
+    const delay = reconnectDelay(this.attempt);
+    this.attempt += 1;
+    this.status.retryAt = Date.now() + delay;
+    this._setTimer("reconnect", delay, () => this._connect());
+    this._changed();
+  }
+
+  _loginAgain(message) {
+    this.stop();
+    this.dispatchEvent(new CustomEvent("loggedout", { detail: { message } }));
+  }
+
+  _setStatus(state, detail = "") {
+    this.status = { state, retryAt: null, detail };
+    this._changed();
+  }
+
+  // Frames.
+
+  _sendFrame(type, body, request) {
+    if (this.ws === null || this.ws.readyState !== WebSocket.OPEN) return null;
+    const frame = { v: PROTOCOL_VERSION, type, body };
+    let id = null;
+    if (request) {
+      id = `r${this.nextRequest++}`;
+      frame.id = id;
+      this.requests.set(id, request);
+    }
+    this.ws.send(JSON.stringify(frame));
+    return id;
+  }
+
+  _frameReceived(frame) {
+    if (frame === null || typeof frame !== "object" || frame.v !== PROTOCOL_VERSION) return;
+    const body = frame.body && typeof frame.body === "object" ? frame.body : {};
+    let request;
+    if (typeof frame.id === "string") {
+      request = this.requests.get(frame.id);
+      this.requests.delete(frame.id);
+    }
+    switch (frame.type) {
+      case "auth_ok":
+        this._authenticated(body);
+        break;
+      case "pong":
+        this.awaitingPong = false;
+        break;
+      case "ack":
+        this._acked(body);
+        break;
+      case "push":
+        this._pushed(body);
+        break;
+      case "sync_ok":
+        this._synced(body);
+        break;
+      case "recv_ack_ok":
+        if (request?.kind === "recv_ack") this._recvAckConfirmed(request.conv, request.seq);
+        break;
+      case "presence_ok":
+        this._presenceReceived(body);
+        break;
+      case "error":
+        this._errorReceived(body, request, frame.id);
+        break;
+      default:
+        break; // Frame types this client does not know are ignored, as the protocol asks of both sides.
+    }
+  }
+
+  _authenticated(body) {
+    this.authed = true;
+    this._clearTimer("connect");
+    this.heartbeatMs = Math.max(1_000, (Number(body.heartbeat) || 30) * 1000);
+    this._setStatus("online");
+    this._startHeartbeat();
+    this._sync();
+  }
+
+  _startHeartbeat() {
+    this._setTimer("heartbeat", this.heartbeatMs, () => {
+      if (this.awaitingPong) {
+        this._lost("no answer to ping");
+        return;
+      }
+      this.awaitingPong = true;
+      this._sendFrame("ping", {}, { kind: "ping" });
+      this._startHeartbeat();
+    });
+  }
+
+  _sync() {
+    if (!this.authed) return;
+    if (this.syncing) {
+      this.syncAgain = true;
+      return;
+    }
+    const since = {};
+    for (const conv of this.conversations.values()) {
+      if (conv.kind !== "draft" && conv.lastSeq !== null) since[conv.key] = conv.lastSeq;
+    }
+    this.syncing = true;
+    this._sendFrame("sync", { since }, { kind: "sync" });
+  }
+
+  _synced(body) {
+    this.syncing = false;
+    let incomplete = false;
+    for (const part of Array.isArray(body.convs) ? body.convs : []) {
+      if (!part || typeof part.conv !== "string") continue;
+      for (const message of Array.isArray(part.messages) ? part.messages : []) this._store(message);
+      if (part.complete === false) incomplete = true;
+    }
+    this._recvAckSoon();
+    const first = !this.synced;
+    this.synced = true;
+    if (incomplete || body.complete === false || this.syncAgain) {
+      this.syncAgain = false;
+      this._sync();
+    }
+    if (first) {
+      this.attempt = 0; // a full resume: the connection works, so the next loss starts the backoff afresh
+      for (const entry of this.outbox.values()) if (entry.state === "sending") this._transmit(entry);
+      this._pollPresence();
+    }
+    this._saveSoon();
+    this._changed();
+  }
+
+  _pushed(body) {
+    if (typeof body.conv !== "string" || !Number.isInteger(body.seq)) return;
+    const conv = this._store(body);
+    if (conv.hasGap) this._gapSeen(conv);
+    this._recvAckSoon();
+    this._saveSoon();
+    this._changed();
+  }
+
+  /** Keep a message from a push or a sync reply; returns its conversation. */
+  _store(message) {
+    const conv = this._conversation(message.conv);
+    const own = message.from === this.me.name;
+    if (!own && conv.kind === "direct" && conv.peer === null && typeof message.from === "string") {
+      this._learnPeer(conv, message.from);
+    }
+    if (own) {
+      // Sent from this tab on an earlier connection whose ack was lost: the sync or push settles it.
+      const entry = this.outbox.get(message.client_msg_id);
+      if (entry) this._settle(entry, conv);
+    }
+    const added = conv.add({
+      seq: message.seq,
+      msgId: String(message.msg_id ?? ""),
+      from: String(message.from ?? ""),
+      body: String(message.body ?? ""),
+      ts: Number(message.ts) || 0,
+      clientMsgId: String(message.client_msg_id ?? ""),
+    });
+    if (added && !own && !(this.visible && this.selected === conv.key)) conv.unread += 1;
+    return conv;
+  }
+
+  _acked(body) {
+    const entry = this.outbox.get(body.client_msg_id);
+    if (typeof body.conv !== "string" || !Number.isInteger(body.seq)) return;
+    const conv = this._conversation(body.conv);
+    if (entry) {
+      if (conv.kind === "direct" && conv.peer === null && entry.target.to) this._learnPeer(conv, entry.target.to);
+      this._settle(entry, conv);
+      conv.add({
+        seq: body.seq,
+        msgId: String(body.msg_id ?? ""),
+        from: this.me.name,
+        body: entry.body,
+        ts: Number(body.ts) || Date.now(),
+        clientMsgId: entry.clientMsgId,
+      });
+    }
+    this._recvAckSoon();
+    this._saveSoon();
+    this._changed();
+  }
+
+  /** The outbox entry is stored as a message of `conv`: take it out of the outbox (and its draft). */
+  _settle(entry, conv) {
+    clearTimeout(entry.timer);
+    this.outbox.delete(entry.clientMsgId);
+    if (entry.conv !== conv.key) this._mergeDraft(entry.conv, conv);
+  }
+
+  _errorReceived(body, request, requestId) {
+    const code = typeof body.code === "string" ? body.code : "internal";
+    const message = typeof body.message === "string" ? body.message : code;
+    if (!request) return; // rate_limited and bad_frame without an id: the ack timeouts resend what was dropped.
+    if (request.kind === "send") {
+      const entry = this.outbox.get(request.clientMsgId);
+      if (!entry || entry.requestId !== requestId) return; // about an attempt a later one replaced
+      clearTimeout(entry.timer);
+      entry.requestId = null;
+      if (RETRYABLE.has(code)) {
+        entry.timer = setTimeout(() => this._transmit(entry), Math.min(ACK_TIMEOUT_MS, 1_000 * entry.attempts));
+      } else {
+        entry.state = "failed";
+        entry.error = message;
+        this._saveSoon();
+        this._changed();
+      }
+    } else if (request.kind === "auth") {
+      // invalid_token and token_expired come with a close (4401/4402); anything else: reconnect later.
+      if (code !== "invalid_token" && code !== "token_expired") this._lost(`auth: ${message}`);
+    } else if (request.kind === "sync") {
+      this.syncing = false;
+      setTimeout(() => this._sync(), 2_000);
+    } else if (request.kind === "recv_ack") {
+      this.recvAckInFlight.delete(request.conv);
+    }
+  }
+
+  // Sending.
+
+  _transmit(entry) {
+    if (!this.outbox.has(entry.clientMsgId) || entry.state !== "sending") return;
+    clearTimeout(entry.timer);
+    entry.timer = null;
+    if (!this.authed) return; // sent after the next sync
+    entry.attempts += 1;
+    entry.requestId = this._sendFrame(
+      "send",
+      { client_msg_id: entry.clientMsgId, ...entry.target, body: entry.body },
+      { kind: "send", clientMsgId: entry.clientMsgId },
+    );
+    const wait = Math.min(MAX_ACK_TIMEOUT_MS, ACK_TIMEOUT_MS * 2 ** (entry.attempts - 1));
+    entry.timer = setTimeout(() => this._transmit(entry), wait);
+  }
+
+  // Conversations.
+
+  _conversation(key) {
+    let conv = this.conversations.get(key);
+    if (!conv) {
+      conv = new Conversation(key);
+      this.conversations.set(key, conv);
+    }
+    return conv;
+  }
+
+  /** A direct chat's other user is `name`: a draft with that name becomes this conversation. */
+  _learnPeer(conv, name) {
+    conv.peer = normaliseName(name);
+    const draftKey = `new:${conv.peer}`;
+    if (this.conversations.has(draftKey)) this._mergeDraft(draftKey, conv);
+    this._presenceSoon();
+  }
+
+  _mergeDraft(draftKey, conv) {
+    const draft = this.conversations.get(draftKey);
+    if (!draft || draft.kind !== "draft") return;
+    this.conversations.delete(draftKey);
+    conv.peer ??= draft.peer;
+    conv.lastActivity = Math.max(conv.lastActivity, draft.lastActivity);
+    for (const entry of this.outbox.values()) if (entry.conv === draftKey) entry.conv = conv.key;
+    if (this.selected === draftKey) this.selected = conv.key;
+  }
+
+  _markSeen() {
+    const conv = this.selected === null ? null : this.conversations.get(this.selected);
+    if (conv && this.visible) conv.unread = 0;
+  }
+
+  _gapSeen(conv) {
+    if (this.gapTimers.has(conv.key)) return;
+    this.gapTimers.set(
+      conv.key,
+      setTimeout(() => {
+        this.gapTimers.delete(conv.key);
+        if (conv.hasGap) this._sync();
+      }, GAP_GRACE_MS),
+    );
+  }
+
+  // Receipts.
+
+  _recvAckSoon() {
+    if (this.timers.recvAck === null) this._setTimer("recvAck", RECV_ACK_DELAY_MS, () => this._sendRecvAcks());
+  }
+
+  _sendRecvAcks() {
+    if (!this.authed) return;
+    for (const conv of this.conversations.values()) {
+      if (conv.kind === "draft" || conv.lastSeq === null || conv.lastSeq <= 0) continue;
+      const confirmed = this.recvAcked.get(conv.key) ?? 0;
+      const inFlight = this.recvAckInFlight.get(conv.key) ?? 0;
+      if (conv.lastSeq > Math.max(confirmed, inFlight)) {
+        this.recvAckInFlight.set(conv.key, conv.lastSeq);
+        this._sendFrame("recv_ack", { conv: conv.key, seq: conv.lastSeq }, { kind: "recv_ack", conv: conv.key, seq: conv.lastSeq });
+      }
+    }
+  }
+
+  _recvAckConfirmed(key, seq) {
+    if (seq > (this.recvAcked.get(key) ?? 0)) this.recvAcked.set(key, seq);
+    if ((this.recvAckInFlight.get(key) ?? 0) <= seq) this.recvAckInFlight.delete(key);
+  }
+
+  // Presence.
+
+  _presenceSoon() {
+    if (this.synced) this._setTimer("presence", 300, () => this._pollPresence());
+  }
+
+  _pollPresence() {
+    if (!this.authed) return;
+    const names = new Set();
+    for (const conv of this.conversations.values()) {
+      if (conv.peer !== null && conv.peer !== this.me.name) names.add(conv.peer);
+    }
+    if (names.size > 0) {
+      this._sendFrame("presence", { users: [...names].slice(0, MAX_PRESENCE_NAMES) }, { kind: "presence" });
+    }
+    this._setTimer("presence", PRESENCE_EVERY_MS, () => this._pollPresence());
+  }
+
+  _presenceReceived(body) {
+    const users = body.users && typeof body.users === "object" ? body.users : {};
+    for (const [name, state] of Object.entries(users)) this.presence.set(name, state === "online" ? "online" : "offline");
+    this._changed();
+  }
+
+  /** "online", "offline", or "unknown" (never asked, or the server would not say). */
+  presenceOf(conv) {
+    if (conv.peer === null) return "unknown";
+    if (conv.peer === this.me.name) return this.status.state === "online" ? "online" : "unknown";
+    return this.presence.get(conv.peer) ?? "unknown";
+  }
+
+  // Keeping state across visits: conversations in localStorage (per user), the outbox in sessionStorage (per tab).
+
+  get _historyKey() {
+    return `gochat.v1.history.${this.me.id}`;
+  }
+
+  get _outboxKey() {
+    return `gochat.v1.outbox.${this.me.id}`;
+  }
+
+  _load() {
+    const history = readJson(this.storage, this._historyKey);
+    for (const saved of Array.isArray(history?.convs) ? history.convs : []) {
+      if (typeof saved?.key !== "string" || conversationKind(saved.key) === "draft") continue;
+      const conv = this._conversation(saved.key);
+      conv.peer = typeof saved.peer === "string" ? saved.peer : null;
+      for (const m of Array.isArray(saved.messages) ? saved.messages : []) {
+        if (Number.isInteger(m?.seq)) conv.add({ ...m });
+      }
+      if (Number.isInteger(saved.lastSeq) && (conv.lastSeq === null || saved.lastSeq > conv.lastSeq)) {
+        conv.lastSeq = saved.lastSeq;
+      }
+    }
+    const outbox = readJson(this.tabStorage, this._outboxKey);
+    for (const saved of Array.isArray(outbox) ? outbox : []) {
+      if (typeof saved?.clientMsgId !== "string" || typeof saved.conv !== "string") continue;
+      const entry = { ...saved, attempts: 0, requestId: null, timer: null };
+      this.outbox.set(entry.clientMsgId, entry);
+      if (!this.conversations.has(entry.conv)) {
+        const draft = this._conversation(entry.conv);
+        draft.peer = entry.target?.to ?? null;
+        draft.lastActivity = entry.created;
+      }
+    }
+  }
+
+  _saveSoon() {
+    if (this.timers.save === null) this._setTimer("save", 500, () => this._save());
+  }
+
+  _save() {
+    if (this.stopped) return;
+    const convs = [];
+    for (const conv of this.conversations.values()) {
+      if (conv.kind === "draft" || conv.lastSeq === null) continue;
+      convs.push({ key: conv.key, peer: conv.peer, lastSeq: conv.lastSeq, messages: conv.messages.slice(-STORE_MESSAGES) });
+    }
+    writeJson(this.storage, this._historyKey, { convs });
+    const outbox = [...this.outbox.values()].map(({ clientMsgId, conv, target, body, created, state, error }) => ({
+      clientMsgId,
+      conv,
+      target,
+      body,
+      created,
+      state,
+      error,
+    }));
+    writeJson(this.tabStorage, this._outboxKey, outbox);
+  }
+
+  // Timers and change notification.
+
+  _setTimer(name, ms, callback) {
+    this._clearTimer(name);
+    this.timers[name] = setTimeout(() => {
+      this.timers[name] = null;
+      callback();
+    }, ms);
+  }
+
+  _clearTimer(name) {
+    if (this.timers[name] !== null) clearTimeout(this.timers[name]);
+    this.timers[name] = null;
+  }
+
+  _changed() {
+    this.dispatchEvent(new Event("change"));
+  }
+}
+
+function readJson(storage, key) {
+  if (storage === null) return null;
+  try {
+    const text = storage.getItem(key);
+    return text === null ? null : JSON.parse(text);
+  } catch {
+    return null;
+  }
+}
+
+function writeJson(storage, key, value) {
+  if (storage === null) return;
+  try {
+    storage.setItem(key, JSON.stringify(value));
+  } catch {
+    // Full or disabled storage: the chat goes on, it is just not remembered.
+  }
+}
