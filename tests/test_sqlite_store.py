@@ -64,6 +64,8 @@ def schema_2_database(path: str) -> None:
 
 class SqliteStoreTests(StoreContract, TestCase):
     timeout = 30
+    messages: SqliteMessageStore
+    groups: SqliteGroupStore
 
     async def start(self, path: str | None = None) -> None:
         from twisted.internet import reactor

@@ -22,8 +22,14 @@ drop the second, different message.
 
 MySQL commits DDL implicitly, so a migration cannot be rolled back as a
 whole: each statement is written to be safe to run again (``IF NOT
-EXISTS``), and a migration's version row is committed right after its
-statements. Concurrent runs are serialised by a named lock.
+EXISTS``; a column or an index is added only if ``information_schema`` does
+not list it yet, :class:`AddColumn`, :class:`AddIndex`, since MySQL 8 has no
+``ADD COLUMN IF NOT EXISTS``), and a migration's version row is committed
+right after its statements. Concurrent runs are serialised by a named lock.
+
+Each migration keeps the code of the version before it working (new columns
+have defaults), so the processes still running the old code keep going while
+it is applied; they are replaced afterwards.
 """
 
 from __future__ import annotations
@@ -46,16 +52,38 @@ _DATABASE_NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
 
 
 @dataclass(frozen=True)
-class Migration:
-    """One schema version: the statements that reach it from the previous one.
+class AddColumn:
+    """``ALTER TABLE table ADD COLUMN column definition``, skipped if the column exists."""
 
-    ``{collation}`` in a statement is replaced by the server's no-pad binary
-    utf8mb4 collation.
+    table: str
+    column: str
+    definition: str
+
+
+@dataclass(frozen=True)
+class AddIndex:
+    """``CREATE INDEX name ON table (columns)``, skipped if the table has an index called *name*."""
+
+    table: str
+    name: str
+    columns: str
+
+
+Step = str | AddColumn | AddIndex
+
+
+@dataclass(frozen=True)
+class Migration:
+    """One schema version: the steps that reach it from the previous one.
+
+    A step is an SQL statement, in which ``{collation}`` is replaced by the
+    server's no-pad binary utf8mb4 collation, or a guarded
+    :class:`AddColumn` or :class:`AddIndex`.
     """
 
     version: int
     description: str
-    statements: tuple[str, ...]
+    statements: tuple[Step, ...]
 
 
 MIGRATIONS: list[Migration] = [
@@ -110,6 +138,44 @@ MIGRATIONS: list[Migration] = [
                 UNION ALL
                 SELECT CAST(SUBSTRING_INDEX(conv, ':', -1) AS UNSIGNED), conv, MAX(seq), 0
                 FROM messages WHERE conv LIKE 'd:%' GROUP BY conv""",
+        ),
+    ),
+    Migration(
+        3,
+        "message kinds, read cursors, groups",
+        (
+            # Edits, recalls and membership events are messages of their
+            # conversation; ref_seq names the message an edit or recall
+            # changes. Both are appended with a default (instant on MariaDB
+            # 10.3+ and MySQL 8), so existing rows are text.
+            AddColumn("messages", "kind", "VARCHAR(16) NOT NULL DEFAULT 'text'"),
+            AddColumn("messages", "ref_seq", "BIGINT UNSIGNED NOT NULL DEFAULT 0"),
+            # How far each user has read each conversation. What a client
+            # received before read receipts existed counts as read, so an
+            # upgrade does not mark every old message unread.
+            AddColumn("user_convs", "read_seq", "BIGINT UNSIGNED NOT NULL DEFAULT 0"),
+            "UPDATE user_convs SET read_seq = acked_seq WHERE read_seq < acked_seq",
+            # Read receipts of a conversation: every member's row.
+            AddIndex("user_convs", "ix_user_convs_conv", "conv"),
+            """CREATE TABLE IF NOT EXISTS chat_groups (
+                group_id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+                name VARCHAR(64) NOT NULL,
+                created_at DOUBLE NOT NULL,
+                PRIMARY KEY (group_id)
+            ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}""",
+            # ordinal orders a group's members as they joined (one who
+            # leaves and rejoins goes last); user_id finds a user's groups.
+            """CREATE TABLE IF NOT EXISTS group_members (
+                group_id BIGINT UNSIGNED NOT NULL,
+                user_id BIGINT UNSIGNED NOT NULL,
+                username VARCHAR(64) NOT NULL,
+                role VARCHAR(16) NOT NULL,
+                joined_seq BIGINT UNSIGNED NOT NULL,
+                ordinal BIGINT UNSIGNED NOT NULL AUTO_INCREMENT,
+                PRIMARY KEY (group_id, user_id),
+                UNIQUE KEY uq_group_members_ordinal (ordinal),
+                KEY ix_group_members_user (user_id)
+            ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE={collation}""",
         ),
     ),
 ]
@@ -206,8 +272,8 @@ def _apply_locked(cursor: Any) -> int:
     for migration in MIGRATIONS:
         if migration.version <= current:
             continue
-        for statement in migration.statements:
-            cursor.execute(statement.format(collation=collation))
+        for step in migration.statements:
+            _run_step(cursor, step, collation)
         cursor.execute(
             "INSERT INTO schema_version (version, description) VALUES (%s, %s)",
             (migration.version, migration.description),
@@ -215,6 +281,27 @@ def _apply_locked(cursor: Any) -> int:
         cursor.execute("COMMIT")
         current = migration.version
     return current
+
+
+def _listed(cursor: Any, view: str, name_column: str, table: str, name: str) -> bool:
+    """Whether ``information_schema.<view>`` lists *name* (in *name_column*) for *table* of this database."""
+    cursor.execute(
+        f"SELECT COUNT(*) FROM information_schema.{view}"
+        f" WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = %s AND {name_column} = %s",
+        (table, name),
+    )
+    return bool(cursor.fetchone()[0])
+
+
+def _run_step(cursor: Any, step: Step, collation: str) -> None:
+    if isinstance(step, AddColumn):
+        if not _listed(cursor, "COLUMNS", "COLUMN_NAME", step.table, step.column):
+            cursor.execute(f"ALTER TABLE `{step.table}` ADD COLUMN `{step.column}` {step.definition}")
+    elif isinstance(step, AddIndex):
+        if not _listed(cursor, "STATISTICS", "INDEX_NAME", step.table, step.name):
+            cursor.execute(f"CREATE INDEX `{step.name}` ON `{step.table}` ({step.columns})")
+    else:
+        cursor.execute(step.format(collation=collation))
 
 
 def _release_lock(cursor: Any) -> None:

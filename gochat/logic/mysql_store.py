@@ -2,7 +2,8 @@
 
 The same interfaces as :mod:`gochat.logic.sqlite_store`
 (:class:`~gochat.logic.interfaces.IAccountStore`,
-:class:`~gochat.logic.interfaces.IMessageStore`), over the schema of
+:class:`~gochat.logic.interfaces.IMessageStore`,
+:class:`~gochat.logic.interfaces.IGroupStore`), over the schema of
 :mod:`gochat.logic.migrate`.
 
 Two ways in for messages, each one transaction and one ``executemany`` per batch:
@@ -29,14 +30,18 @@ Two ways in for messages, each one transaction and one ``executemany`` per batch
 an unencodable one replaced), and a data error in a plain ``INSERT`` would
 fail its batch again at every retry; so every message is checked against the
 schema before it is queued or written (:func:`check_fits`) and refused with
-``bad_request``, never stored altered.
+``bad_request``, never stored altered; so are groups and members
+(:func:`check_group_fits`, :func:`check_member_fits`).
 
 Failures: connection errors are failures of the returned Deferreds. The
 batch writer retries a failed batch with backoff until it commits, so while
 the database is down writes wait (their acks with them) and resume when it is
 back. Reads are retried at once when the pool's connection turned out to be
-dead (killed, timed out, server restarted); a read that still cannot reach the
-database fails with ``unavailable``, which clients may retry.
+dead (killed, timed out, server restarted), and so are the writes that may run
+twice with the same outcome (``mark_read``, ``join``, ``set_role``); a call
+that still cannot reach the database fails with ``unavailable``, which clients
+may retry. Writes whose retry could answer differently (creating a group,
+adding or removing members) are not retried.
 """
 
 from __future__ import annotations
@@ -56,9 +61,9 @@ from twisted.python.failure import Failure
 from gochat.errors import ErrorCode, GochatError
 from gochat.logic import migrate
 from gochat.logic.batch_writer import BatchPolicy, BatchWriter
-from gochat.logic.interfaces import Account, ConversationState, StaleSequenceError
+from gochat.logic.interfaces import Account, ConversationState, Group, Member, StaleSequenceError
 from gochat.logic.sequencing import Assignment, assign_seqs, conversation_heads
-from gochat.model import PersistRequest, StoredMessage
+from gochat.model import MessageKind, PersistRequest, StoredMessage
 
 _log = Logger()
 T = TypeVar("T")
@@ -69,18 +74,23 @@ ER_DUP_ENTRY = 1062
 #: server gone away, lost during query, lost (SSL), killed (MariaDB), disconnected for inactivity (MySQL 8).
 CONNECTION_LOST_CODES = frozenset({2006, 2013, 2055, 1927, 4031})
 
-# Column limits of migration 1, in characters (utf8mb4) or bytes.
+# Column limits of the migrations, in characters (utf8mb4) or bytes.
 MAX_CONV_LENGTH = 128
 MAX_SENDER_LENGTH = 64
 MAX_CLIENT_MSG_ID_LENGTH = 255
+MAX_KIND_LENGTH = 16
+MAX_GROUP_NAME_LENGTH = 64
+MAX_USERNAME_LENGTH = 64
+MAX_ROLE_LENGTH = 16
 #: Bodies are MEDIUMTEXT (16 MiB - 1 bytes), but a row must also fit in one packet
 #: (``max_allowed_packet``, 16 MiB by default) after escaping, which may double it.
 MAX_BODY_BYTES = 4 * 1024 * 1024
 _UNSIGNED_64 = 2**64
 _SIGNED_64 = 2**63
 
-_MESSAGE_COLUMNS = "msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts"
-_VALUES = "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+#: The columns of a :class:`~gochat.model.StoredMessage`, in the order of its fields.
+_MESSAGE_COLUMNS = "msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts, kind, ref_seq"
+_VALUES = "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 #: For messages with their seq already set: a row already stored under any unique key is skipped.
 _INSERT_MESSAGES = f"INSERT IGNORE INTO messages ({_MESSAGE_COLUMNS}) {_VALUES}"
 #: For messages just given a seq: any unique key already taken fails the batch (a stale seq cache).
@@ -237,26 +247,56 @@ class MysqlAccountStore:
         return self._one("user_id", user_id)
 
 
-def check_fits(message: StoredMessage | PersistRequest) -> None:
-    """Raise ``bad_request`` unless *message* can be stored exactly as it is.
-
-    Strings must be valid UTF-8 (no lone surrogates) and within their
-    columns; numbers within their column types.
-    """
-    seq = message.seq if isinstance(message, StoredMessage) else 0
+def _text_problems(*fields: tuple[str, str, int]) -> list[str]:
+    """What keeps each ``(name, text, max characters)`` out of its utf8mb4 column."""
     problems: list[str] = []
-    for name, value, limit in (
-        ("conv", message.conv, MAX_CONV_LENGTH),
-        ("sender", message.sender, MAX_SENDER_LENGTH),
-        ("client_msg_id", message.client_msg_id, MAX_CLIENT_MSG_ID_LENGTH),
-    ):
-        if len(value) > limit:
+    for name, text, limit in fields:
+        if len(text) > limit:
             problems.append(f"{name} is longer than {limit} characters")
-    for name, text in (("conv", message.conv), ("sender", message.sender), ("client_msg_id", message.client_msg_id)):
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
             problems.append(f"{name} is not valid Unicode text")
+    return problems
+
+
+def _unsigned_problems(*fields: tuple[str, int]) -> list[str]:
+    """What keeps each ``(name, number)`` out of its ``BIGINT UNSIGNED`` column."""
+    return [f"{name} is outside 0..2**64-1" for name, number in fields if not 0 <= number < _UNSIGNED_64]
+
+
+def check_group_fits(name: str) -> None:
+    """Raise ``bad_request`` unless a group called *name* can be stored exactly as it is."""
+    problems = _text_problems(("group name", name, MAX_GROUP_NAME_LENGTH))
+    if problems:
+        raise GochatError(ErrorCode.BAD_REQUEST, f"the group cannot be stored: {'; '.join(problems)}")
+
+
+def check_member_fits(member: Member) -> None:
+    """Raise ``bad_request`` unless *member* can be stored exactly as it is."""
+    problems = _text_problems(
+        ("username", member.username, MAX_USERNAME_LENGTH), ("role", member.role, MAX_ROLE_LENGTH)
+    )
+    problems += _unsigned_problems(("user_id", member.user_id), ("joined_seq", member.joined_seq))
+    if problems:
+        raise GochatError(ErrorCode.BAD_REQUEST, f"member {member.user_id} cannot be stored: {'; '.join(problems)}")
+
+
+def check_fits(message: StoredMessage | PersistRequest) -> None:
+    """Raise ``bad_request`` unless *message* can be stored exactly as it is.
+
+    Strings must be valid UTF-8 (no lone surrogates) and within their
+    columns; numbers within their column types; ``kind`` one of
+    :attr:`MessageKind.ALL <gochat.model.MessageKind.ALL>`.
+    """
+    seq = message.seq if isinstance(message, StoredMessage) else 0
+    problems = _text_problems(
+        ("conv", message.conv, MAX_CONV_LENGTH),
+        ("sender", message.sender, MAX_SENDER_LENGTH),
+        ("client_msg_id", message.client_msg_id, MAX_CLIENT_MSG_ID_LENGTH),
+    )
+    if message.kind not in MessageKind.ALL:
+        problems.append(f"kind {message.kind[:MAX_KIND_LENGTH]!r} is not one of {', '.join(sorted(MessageKind.ALL))}")
     try:
         body_bytes = len(message.body.encode("utf-8"))
     except UnicodeEncodeError:
@@ -264,9 +304,9 @@ def check_fits(message: StoredMessage | PersistRequest) -> None:
     else:
         if body_bytes > MAX_BODY_BYTES:
             problems.append(f"body is longer than {MAX_BODY_BYTES} bytes")
-    for name, number in (("msg_id", message.msg_id), ("seq", seq), ("sender_id", message.sender_id)):
-        if not 0 <= number < _UNSIGNED_64:
-            problems.append(f"{name} is outside 0..2**64-1")
+    problems += _unsigned_problems(
+        ("msg_id", message.msg_id), ("seq", seq), ("sender_id", message.sender_id), ("ref_seq", message.ref_seq)
+    )
     if not -_SIGNED_64 <= message.ts < _SIGNED_64:
         problems.append("ts is outside the signed 64-bit range")
     if problems:
@@ -283,12 +323,16 @@ def _message_row(message: StoredMessage) -> tuple[object, ...]:
         message.client_msg_id,
         message.body,
         message.ts,
+        message.kind,
+        message.ref_seq,
     )
 
 
 def _stored_message(row: tuple[Any, ...]) -> StoredMessage:
-    msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts = row
-    return StoredMessage(int(msg_id), conv, int(seq), int(sender_id), sender, client_msg_id, body, int(ts))
+    msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts, kind, ref_seq = row
+    return StoredMessage(
+        int(msg_id), conv, int(seq), int(sender_id), sender, client_msg_id, body, int(ts), kind, int(ref_seq)
+    )
 
 
 def _stored_by_client_id(cursor: Any, keys: set[tuple[int, str]]) -> dict[tuple[int, str], StoredMessage]:
@@ -321,6 +365,21 @@ _UPSERT_HEADS = (
     "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq) VALUES (%s, %s, %s, %s)"
     " ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq))"
 )
+_UPSERT_JOINED = (
+    "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq, read_seq) VALUES (%s, %s, %s, %s, %s)"
+    " ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq)),"
+    " acked_seq = GREATEST(acked_seq, VALUES(acked_seq)), read_seq = GREATEST(read_seq, VALUES(read_seq))"
+)
+#: A user's index rows and, for each, the text messages of others after the read seq up to the user's
+#: last seq: a range of the (conv, seq) key per conversation.
+_SELECT_CONVERSATIONS = """SELECT uc.conv, uc.last_seq, uc.acked_seq, uc.read_seq, COUNT(m.seq)
+    FROM user_convs AS uc
+    LEFT JOIN messages AS m
+        ON m.conv = uc.conv AND m.seq > uc.read_seq AND m.seq <= uc.last_seq
+        AND m.sender_id <> uc.user_id AND m.kind = %s
+    WHERE uc.user_id = %s
+    GROUP BY uc.conv, uc.last_seq, uc.acked_seq, uc.read_seq
+    ORDER BY uc.conv"""
 
 
 class MysqlMessageStore:
@@ -417,11 +476,14 @@ class MysqlMessageStore:
         return _read(self._pool, select, "last seq")
 
     def conversations(self, user_id: int) -> Deferred[list[ConversationState]]:
+        """The user's index rows by conv, each with its unread count (one query over the ``(conv, seq)`` key)."""
+
         def select(cursor: Any) -> list[ConversationState]:
-            cursor.execute(
-                "SELECT conv, last_seq, acked_seq FROM user_convs WHERE user_id = %s ORDER BY conv", (user_id,)
-            )
-            return [ConversationState(conv, int(last), int(acked)) for conv, last, acked in cursor.fetchall()]
+            cursor.execute(_SELECT_CONVERSATIONS, (MessageKind.TEXT, user_id))
+            return [
+                ConversationState(conv, int(last), int(acked), int(read), int(unread))
+                for conv, last, acked, read, unread in cursor.fetchall()
+            ]
 
         return _read(self._pool, select, "conversation list")
 
@@ -437,6 +499,62 @@ class MysqlMessageStore:
             )
 
         return _interact(self._pool, update)
+
+    def messages_before(self, conv: str, before_seq: int, limit: int) -> Deferred[list[StoredMessage]]:
+        if limit < 1:
+            return succeed([])
+
+        def select(cursor: Any) -> list[StoredMessage]:
+            cursor.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = %s AND seq < %s ORDER BY seq DESC LIMIT %s",
+                (conv, before_seq, limit),
+            )
+            return [_stored_message(row) for row in reversed(cursor.fetchall())]
+
+        return _read(self._pool, select, "conversation history")
+
+    def message_at(self, conv: str, seq: int) -> Deferred[StoredMessage | None]:
+        def select(cursor: Any) -> StoredMessage | None:
+            cursor.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE conv = %s AND seq = %s", (conv, seq))
+            row = cursor.fetchone()
+            return None if row is None else _stored_message(row)
+
+        return _read(self._pool, select, "message lookup")
+
+    def mark_read(self, user_id: int, conv: str, seq: int) -> Deferred[int]:
+        """Raise the read seq (retried like a read: running it twice is running it once)."""
+
+        def update(cursor: Any) -> int:
+            cursor.execute(
+                "UPDATE user_convs SET read_seq = GREATEST(read_seq, LEAST(%s, last_seq))"
+                " WHERE user_id = %s AND conv = %s",
+                (seq, user_id, conv),
+            )
+            cursor.execute("SELECT read_seq FROM user_convs WHERE user_id = %s AND conv = %s", (user_id, conv))
+            row = cursor.fetchone()
+            return 0 if row is None else int(row[0])
+
+        return _read(self._pool, update, "mark read")
+
+    def join(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        """Upsert the user's index row at *seq* at least (retried like a read: it only raises positions)."""
+        problems = _text_problems(("conv", conv, MAX_CONV_LENGTH)) + _unsigned_problems(
+            ("user_id", user_id), ("seq", seq)
+        )
+        if problems:
+            raise GochatError(ErrorCode.BAD_REQUEST, f"cannot join {conv[:MAX_CONV_LENGTH]!r}: {'; '.join(problems)}")
+
+        def upsert(cursor: Any) -> None:
+            cursor.execute(_UPSERT_JOINED, (user_id, conv, seq, seq, seq))
+
+        return _read(self._pool, upsert, "join conversation")
+
+    def read_positions(self, conv: str) -> Deferred[dict[int, int]]:
+        def select(cursor: Any) -> dict[int, int]:
+            cursor.execute("SELECT user_id, read_seq FROM user_convs WHERE conv = %s", (conv,))
+            return {int(user_id): int(read) for user_id, read in cursor.fetchall()}
+
+        return _read(self._pool, select, "read positions")
 
     def messages_in(self, conv: str, after_seq: int = 0, limit: int = 100) -> Deferred[list[StoredMessage]]:
         """Up to *limit* messages of *conv* with seq greater than *after_seq*, in seq order."""
@@ -460,6 +578,159 @@ class MysqlMessageStore:
             return int(cursor.fetchone()[0])
 
         return _read(self._pool, select, "message count")
+
+
+_GROUP_COLUMNS = "group_id, name, created_at"
+_MEMBER_COLUMNS = "user_id, username, role, joined_seq"
+# Every value a placeholder: one multi-row INSERT per executemany.
+_INSERT_MEMBERS = (
+    "INSERT INTO group_members (group_id, user_id, username, role, joined_seq) VALUES (%s, %s, %s, %s, %s)"
+)
+
+
+def _group(row: tuple[Any, ...]) -> Group:
+    group_id, name, created_at = row
+    return Group(int(group_id), name, float(created_at))
+
+
+def _member(row: tuple[Any, ...]) -> Member:
+    user_id, username, role, joined_seq = row
+    return Member(int(user_id), username, role, int(joined_seq))
+
+
+def _distinct(members: Sequence[Member]) -> list[Member]:
+    """*members* once per user: the last entry of a user, at the place of their first."""
+    return list({m.user_id: m for m in members}.values())
+
+
+class MysqlGroupStore:
+    """:class:`~gochat.logic.interfaces.IGroupStore` on MySQL/MariaDB.
+
+    ``add_members`` locks the group's row (``SELECT ... FOR UPDATE``) before
+    it counts, so concurrent additions from any number of logic processes
+    never take a group past its limit.
+    """
+
+    def __init__(self, pool: adbapi.ConnectionPool) -> None:
+        self._pool = pool
+
+    def create(self, name: str, members: Sequence[Member], created_at: float) -> Deferred[Group]:
+        """Store the group and its members in one transaction; ``bad_request`` first if any does not fit.
+
+        Not retried: a retry after a commit whose outcome was lost would create a second group.
+        """
+        check_group_fits(name)
+        rows = _distinct(members)
+        for member in rows:
+            check_member_fits(member)
+
+        def insert(cursor: Any) -> Group:
+            cursor.execute("INSERT INTO chat_groups (name, created_at) VALUES (%s, %s)", (name, created_at))
+            group = Group(int(cursor.lastrowid), name, created_at)
+            if rows:
+                cursor.executemany(
+                    _INSERT_MEMBERS, [(group.group_id, m.user_id, m.username, m.role, m.joined_seq) for m in rows]
+                )
+            return group
+
+        return _interact(self._pool, insert).addErrback(_unavailable, "create group")
+
+    def get(self, group_id: int) -> Deferred[Group | None]:
+        def select(cursor: Any) -> Group | None:
+            cursor.execute(f"SELECT {_GROUP_COLUMNS} FROM chat_groups WHERE group_id = %s", (group_id,))
+            row = cursor.fetchone()
+            return None if row is None else _group(row)
+
+        return _read(self._pool, select, "group lookup")
+
+    def members(self, group_id: int) -> Deferred[list[Member]]:
+        def select(cursor: Any) -> list[Member]:
+            cursor.execute(
+                f"SELECT {_MEMBER_COLUMNS} FROM group_members WHERE group_id = %s ORDER BY ordinal", (group_id,)
+            )
+            return [_member(row) for row in cursor.fetchall()]
+
+        return _read(self._pool, select, "group members")
+
+    def member(self, group_id: int, user_id: int) -> Deferred[Member | None]:
+        def select(cursor: Any) -> Member | None:
+            cursor.execute(
+                f"SELECT {_MEMBER_COLUMNS} FROM group_members WHERE group_id = %s AND user_id = %s",
+                (group_id, user_id),
+            )
+            row = cursor.fetchone()
+            return None if row is None else _member(row)
+
+        return _read(self._pool, select, "group membership")
+
+    def add_members(self, group_id: int, members: Sequence[Member], max_members: int) -> Deferred[list[Member]]:
+        """Add those of *members* not in the group yet, all or none; an unknown group gets nobody.
+
+        Not retried: a retry after a commit whose outcome was lost would
+        report the members it added as already there.
+        """
+        candidates = _distinct(members)
+        for member in candidates:
+            check_member_fits(member)
+
+        def insert(cursor: Any) -> list[Member]:
+            cursor.execute("SELECT group_id FROM chat_groups WHERE group_id = %s FOR UPDATE", (group_id,))
+            if cursor.fetchone() is None:
+                return []
+            cursor.execute("SELECT user_id FROM group_members WHERE group_id = %s", (group_id,))
+            present = {int(row[0]) for row in cursor.fetchall()}
+            fresh = [m for m in candidates if m.user_id not in present]
+            if len(present) + len(fresh) > max_members:
+                raise GochatError(ErrorCode.GROUP_FULL, f"a group has at most {max_members} members")
+            if fresh:
+                cursor.executemany(
+                    _INSERT_MEMBERS, [(group_id, m.user_id, m.username, m.role, m.joined_seq) for m in fresh]
+                )
+            return fresh
+
+        return _interact(self._pool, insert).addErrback(_unavailable, "add group members")
+
+    def remove_member(self, group_id: int, user_id: int) -> Deferred[bool]:
+        """Not retried: a retry after a commit whose outcome was lost would say they were not a member."""
+
+        def delete(cursor: Any) -> bool:
+            cursor.execute("DELETE FROM group_members WHERE group_id = %s AND user_id = %s", (group_id, user_id))
+            return bool(cursor.rowcount)
+
+        return _interact(self._pool, delete).addErrback(_unavailable, "remove group member")
+
+    def set_role(self, group_id: int, user_id: int, role: str) -> Deferred[bool]:
+        """Retried like a read: setting a role twice is setting it once."""
+        problems = _text_problems(("role", role, MAX_ROLE_LENGTH))
+        if problems:
+            raise GochatError(ErrorCode.BAD_REQUEST, f"the role cannot be stored: {'; '.join(problems)}")
+
+        def update(cursor: Any) -> bool:
+            # Whether the row exists, not whether it changed (MySQL counts changed rows only).
+            cursor.execute(
+                "SELECT 1 FROM group_members WHERE group_id = %s AND user_id = %s FOR UPDATE", (group_id, user_id)
+            )
+            if cursor.fetchone() is None:
+                return False
+            cursor.execute(
+                "UPDATE group_members SET role = %s WHERE group_id = %s AND user_id = %s", (role, group_id, user_id)
+            )
+            return True
+
+        return _read(self._pool, update, "set member role")
+
+    def groups_of(self, user_id: int) -> Deferred[list[tuple[Group, Member, int]]]:
+        def select(cursor: Any) -> list[tuple[Group, Member, int]]:
+            cursor.execute(
+                "SELECT g.group_id, g.name, g.created_at, me.user_id, me.username, me.role, me.joined_seq,"
+                " (SELECT COUNT(*) FROM group_members AS other WHERE other.group_id = me.group_id)"
+                " FROM group_members AS me JOIN chat_groups AS g ON g.group_id = me.group_id"
+                " WHERE me.user_id = %s ORDER BY g.group_id",
+                (user_id,),
+            )
+            return [(_group(row[:3]), _member(row[3:7]), int(row[7])) for row in cursor.fetchall()]
+
+        return _read(self._pool, select, "groups of a user")
 
 
 class MysqlStoreService(Service):

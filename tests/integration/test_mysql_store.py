@@ -1,5 +1,6 @@
-"""The production store on a real MariaDB: schema versions, seqs assigned in the transaction, idempotent
-batched inserts, and surviving killed connections and outages.
+"""The production store on a real MariaDB: schema versions and migrations, seqs assigned in the transaction,
+idempotent batched inserts, surviving killed connections and outages, and the behaviour every store shares
+(:class:`tests.store_contract.StoreContract`).
 
 Needs MariaDB (``GOCHAT_MYSQL_HOST``/``GOCHAT_MYSQL_PORT``, default
 127.0.0.1:3306, user root, empty password): skipped with the reason when it is
@@ -10,17 +11,20 @@ works in a database of its own, ``gochat_test_<uuid>``, dropped afterwards.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import random
 import uuid
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pymysql
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.protocols import portforward
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from gochat.errors import ErrorCode, GochatError
@@ -30,14 +34,16 @@ from gochat.logic.interfaces import StaleSequenceError
 from gochat.logic.mysql_store import (
     MAX_BODY_BYTES,
     MysqlAccountStore,
+    MysqlGroupStore,
     MysqlMessageStore,
     MysqlSettings,
     MysqlStoreService,
     connect_pool,
 )
 from gochat.logic.persist import Committed, PersistWorker
-from gochat.model import PersistRequest, StoredMessage
+from gochat.model import GroupRole, MessageKind, PersistRequest, StoredMessage
 from tests.integration.services import require_service
+from tests.store_contract import StoreContract, member
 
 MYSQL_HOST = os.environ.get("GOCHAT_MYSQL_HOST", "127.0.0.1")
 MYSQL_PORT = int(os.environ.get("GOCHAT_MYSQL_PORT", "3306"))
@@ -151,8 +157,10 @@ class GatedProxyFactory(portforward.ProxyFactory):
         self.up = True
 
 
-class MysqlStoreTests(TestCase):
+class MysqlStoreTests(StoreContract, TestCase):
     timeout = 60
+    messages: MysqlMessageStore
+    groups: MysqlGroupStore
 
     def setUp(self) -> None:
         require_service("MariaDB", MYSQL_HOST, MYSQL_PORT)
@@ -188,6 +196,7 @@ class MysqlStoreTests(TestCase):
         self.pool = connect_pool(MysqlSettings(host=MYSQL_HOST, port=port, database=self.database), reactor)
         self.accounts = MysqlAccountStore(self.pool)
         self.messages = MysqlMessageStore(self.pool, reactor, policy)
+        self.groups = MysqlGroupStore(self.pool)
         self.committed: list[Committed[None]] = []
         self.worker: PersistWorker[None] = PersistWorker(self.messages, reactor, policy, self.committed.extend)
         self.service = MysqlStoreService(self.pool, self.messages)
@@ -199,6 +208,9 @@ class MysqlStoreTests(TestCase):
         if self.service.running:
             await self.worker.stop()
             await self.service.stopService()
+
+    async def start_stores(self) -> None:
+        await self.start()
 
     def kill_pool_connections(self) -> int:
         """``KILL`` every connection open on the test database (the pools'); how many there were."""
@@ -224,9 +236,10 @@ class MysqlStoreTests(TestCase):
         )
         tables = self.query(
             "SELECT TABLE_NAME, ENGINE, TABLE_COLLATION FROM information_schema.TABLES "
-            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME IN ('users', 'messages') ORDER BY TABLE_NAME"
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME <> 'schema_version' ORDER BY TABLE_NAME"
         )
-        self.assertEqual([(name, engine) for name, engine, _ in tables], [("messages", "InnoDB"), ("users", "InnoDB")])
+        names = ["chat_groups", "group_members", "messages", "user_convs", "users"]
+        self.assertEqual(sorted((name, engine) for name, engine, _ in tables), [(name, "InnoDB") for name in names])
         for _name, _engine, collation in tables:
             self.assertIn(collation, migrate.NO_PAD_BINARY_COLLATIONS)
         body_type = self.query(
@@ -299,6 +312,73 @@ class MysqlStoreTests(TestCase):
         cursor = self.admin.cursor()
         cursor.execute("SELECT DEFAULT_COLLATION_NAME FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = %s", (name,))
         self.assertIn(cursor.fetchone()[0], migrate.NO_PAD_BINARY_COLLATIONS)
+
+    def schema_2_database(self) -> None:
+        """The test database as gochat left it at schema version 2, with messages and a per-user index in it."""
+        with (
+            mock.patch.object(migrate, "MIGRATIONS", migrate.MIGRATIONS[:2]),
+            mock.patch.object(migrate, "SCHEMA_VERSION", 2),
+        ):
+            self.assertEqual(self.migrate_database(), 2)
+        rows = [(1000 + n, "d:1:2", n, 1 if n < 4 else 2, "x", f"m{n}", f"old {n}", n) for n in range(1, 6)]
+        connection = admin_connection(self.database)
+        try:
+            cursor = connection.cursor()
+            cursor.executemany(
+                "INSERT INTO messages (msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                rows,
+            )
+            cursor.executemany(
+                "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq) VALUES (%s, %s, %s, %s)",
+                [(1, "d:1:2", 5, 5), (2, "d:1:2", 5, 1)],
+            )
+        finally:
+            connection.close()
+
+    async def test_migration_from_schema_2_keeps_data(self) -> None:
+        """``python -m gochat.logic.migrate`` takes a schema 2 database with data to 3: old messages are text,
+        what each user had received counts as read, and the new columns, cursors and group tables work.
+        Run again after losing its version row (a crash before the commit), it redoes nothing and succeeds."""
+        self.schema_2_database()
+        arguments = ["--host", MYSQL_HOST, "--port", str(MYSQL_PORT), "--user", MYSQL_USER, "--password", ""]
+        arguments += ["--database", self.database]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            self.assertEqual(migrate.main([*arguments, "--check"]), 1)
+            self.assertEqual(migrate.main(arguments), 0)
+        self.assertIn(f"{self.database}: schema version {migrate.SCHEMA_VERSION}\n", out.getvalue())
+        self.query("DELETE FROM schema_version WHERE version = 3")
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.assertEqual(migrate.main(arguments), 0)
+        columns = self.query(
+            "SELECT TABLE_NAME, COLUMN_NAME, COLUMN_TYPE, COLUMN_DEFAULT FROM information_schema.COLUMNS"
+            " WHERE TABLE_SCHEMA = DATABASE() AND COLUMN_NAME IN ('kind', 'ref_seq', 'read_seq') ORDER BY COLUMN_NAME"
+        )
+        self.assertEqual(
+            [(table, column, kind) for table, column, kind, _ in columns],
+            [
+                ("messages", "kind", "varchar(16)"),
+                ("user_convs", "read_seq", "bigint(20) unsigned"),
+                ("messages", "ref_seq", "bigint(20) unsigned"),
+            ],
+        )
+        self.assertEqual(self.query("SELECT read_seq FROM user_convs ORDER BY user_id"), [(5,), (1,)])
+
+        await self.start()
+        old = await self.messages.messages_after("d:1:2", 0, 10)
+        self.assertEqual(
+            [(m.seq, m.body, m.kind, m.ref_seq) for m in old], [(n, f"old {n}", "text", 0) for n in range(1, 6)]
+        )
+        self.assertEqual(
+            [(c.conv, c.last_seq, c.acked_seq, c.read_seq, c.unread) for c in await self.messages.conversations(2)],
+            [("d:1:2", 5, 1, 1, 2)],
+        )
+        edit = dataclasses.replace(request(6), kind=MessageKind.EDIT, ref_seq=4)
+        [edited] = (await self.messages.commit_batch([edit], {})).results
+        self.assertEqual((edited.seq, edited.kind, edited.ref_seq), (6, MessageKind.EDIT, 4))
+        group = await self.groups.create("after the upgrade", [member(1, GroupRole.OWNER)], 1.0)
+        self.assertEqual(await self.groups.groups_of(1), [(group, member(1, GroupRole.OWNER), 1)])
 
     # Accounts.
 
@@ -414,6 +494,101 @@ class MysqlStoreTests(TestCase):
         self.assertEqual(sorted(rows), sorted((m[0].msg_id, m[0].conv, m[0].seq) for m in results.values()))
         self.flushLoggedErrors(*RETRIED_ERRORS)
 
+    # Groups: limits of the schema, and the size limit under concurrent additions.
+
+    async def test_group_values_that_do_not_fit_are_refused(self) -> None:
+        """A group name, username or role longer than its column, or a number out of range, is bad_request
+        before anything is written: never truncated."""
+        await self.start()
+        owner = member(1, GroupRole.OWNER)
+        group = await self.groups.create("n" * 64, [owner], 1.0)
+        self.assertEqual(await self.groups.get(group.group_id), group)
+        refusals = [
+            lambda: self.groups.create("n" * 65, [owner], 1.0),
+            lambda: self.groups.create("lone \ud800", [owner], 1.0),
+            lambda: self.groups.create("ok", [owner, dataclasses.replace(member(2), username="u" * 65)], 1.0),
+            lambda: self.groups.add_members(
+                group.group_id, [member(2), dataclasses.replace(member(3), role="r" * 17)], 9
+            ),
+            lambda: self.groups.add_members(group.group_id, [member(2), member(-3)], 9),
+            lambda: self.groups.add_members(group.group_id, [dataclasses.replace(member(2), joined_seq=2**64)], 9),
+            lambda: self.groups.set_role(group.group_id, 1, "r" * 17),
+            lambda: self.messages.join(1, "g:" + "9" * 200, 1),
+            lambda: self.messages.commit_batch([request(1), dataclasses.replace(request(2), kind="e" * 17)], {}),
+            lambda: self.messages.commit_batch([dataclasses.replace(request(2), kind="poll")], {}),
+            lambda: self.messages.commit_batch([dataclasses.replace(request(2), ref_seq=-1)], {}),
+        ]
+        for refusal in refusals:
+            with self.assertRaises(GochatError) as caught:
+                refusal()
+            self.assertEqual(caught.exception.code, ErrorCode.BAD_REQUEST)
+        self.assertEqual(self.query("SELECT COUNT(*) FROM chat_groups"), [(1,)])
+        self.assertEqual(await self.groups.members(group.group_id), [owner])
+        self.assertEqual(await self.messages.count(), 0)
+
+    async def test_concurrent_additions_never_pass_the_limit(self) -> None:
+        """Additions racing from two processes (pools) are serialised on the group's row: the group ends
+        exactly full, each addition either whole or refused group_full."""
+        from twisted.internet import reactor
+
+        await self.start()
+        other_pool = connect_pool(MysqlSettings(host=MYSQL_HOST, port=MYSQL_PORT, database=self.database), reactor)
+        self.addCleanup(other_pool.close)
+        other = MysqlGroupStore(other_pool)
+        group = await self.groups.create("race", [member(1, GroupRole.OWNER)], 1.0)
+        limit = 15
+        attempts = [
+            (self.groups if n % 2 else other).add_members(group.group_id, [member(10 * n), member(10 * n + 1)], limit)
+            for n in range(1, 21)
+        ]
+
+        def refusal(failure: Failure) -> GochatError:
+            failure.trap(GochatError)
+            assert isinstance(failure.value, GochatError)
+            return failure.value
+
+        outcomes = await gatherResults([d.addErrback(refusal) for d in attempts])
+        added = [o for o in outcomes if isinstance(o, list)]
+        refused = [o for o in outcomes if isinstance(o, GochatError)]
+        self.assertEqual((len(added), len(refused)), (7, 13))
+        self.assertEqual({o.code for o in refused}, {ErrorCode.GROUP_FULL})
+        members = await self.groups.members(group.group_id)
+        self.assertEqual(len(members), limit)
+        self.assertEqual({m.user_id for m in members[1:]}, {m.user_id for batch in added for m in batch})
+
+    async def test_addition_waits_for_the_group_lock_and_counts_what_was_committed(self) -> None:
+        """add_members waits on the group's row while another transaction holds it, then counts the members
+        that transaction committed: the group is full and nobody more is added."""
+        from twisted.internet import reactor, task
+
+        await self.start()
+        group = await self.groups.create("locked", [member(1, GroupRole.OWNER)], 1.0)
+        holder = pymysql.connect(
+            host=MYSQL_HOST, port=MYSQL_PORT, user=MYSQL_USER, password=MYSQL_PASSWORD, database=self.database
+        )
+        self.addCleanup(holder.close)
+        cursor = holder.cursor()
+        cursor.execute("SELECT group_id FROM chat_groups WHERE group_id = %s FOR UPDATE", (group.group_id,))
+        cursor.executemany(
+            "INSERT INTO group_members (group_id, user_id, username, role, joined_seq) VALUES (%s, %s, %s, %s, %s)",
+            [(group.group_id, user_id, f"user{user_id}", GroupRole.MEMBER, 0) for user_id in (2, 3)],
+        )
+        adding = self.groups.add_members(group.group_id, [member(10), member(11)], 4)
+        waiting = (
+            "SELECT COUNT(*) FROM information_schema.INNODB_TRX AS t JOIN information_schema.PROCESSLIST AS p"
+            " ON p.ID = t.trx_mysql_thread_id WHERE p.DB = %s AND t.trx_state = 'LOCK WAIT'"
+        )
+        for _ in range(4000):  # until the addition is seen waiting on the lock (or, wrongly, done)
+            if adding.called or self.query(waiting, self.database) != [(0,)]:
+                break
+            await task.deferLater(reactor, 0.005, lambda: None)
+        self.assertFalse(adding.called, "add_members did not wait for the group's lock")
+        holder.commit()
+        with self.assertRaises(GochatError) as caught:
+            await adding
+        self.assertEqual(caught.exception.code, ErrorCode.GROUP_FULL)
+        self.assertEqual([m.user_id for m in await self.groups.members(group.group_id)], [1, 2, 3])
+
     # Messages with their seq set: append (the BatchWriter) and insert_batch, INSERT IGNORE.
 
     async def test_append_round_trip(self) -> None:
@@ -424,6 +599,11 @@ class MysqlStoreTests(TestCase):
         self.assertEqual(await self.messages.last_seq("d:1:2"), 120)
         self.assertEqual(await self.messages.by_client_msg_id(1, "m7"), message(7))
         self.assertEqual(await self.messages.count(), 120)
+        recall = dataclasses.replace(message(121), kind=MessageKind.RECALL, ref_seq=7, body="")
+        edit = dataclasses.replace(message(122), kind=MessageKind.EDIT, ref_seq=8, body="fixed")
+        await self.messages.append(recall)
+        await self.messages.insert_batch([edit])
+        self.assertEqual(await self.messages.messages_before("d:1:2", 200, 2), [recall, edit])
 
     async def test_redelivered_batch_inserts_nothing_twice(self) -> None:
         """The same messages again, through the writer or insert_batch, are no-ops on every unique key."""
