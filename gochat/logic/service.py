@@ -22,12 +22,25 @@ from gochat.lifecycle import StopInReverse
 from gochat.logic.batch_writer import BatchPolicy
 from gochat.logic.chat import ChatLogic, ChatSettings, PasswordHasher
 from gochat.logic.delivery import Deliverer
-from gochat.logic.interfaces import IAccountStore, IDeliveryBus, IMessageStore, IPersistQueue, IRouteStore
+from gochat.logic.interfaces import (
+    IAccountStore,
+    IDeliveryBus,
+    IGroupStore,
+    IMessageStore,
+    IPersistQueue,
+    IRouteStore,
+)
 from gochat.logic.memory import InMemoryDeliveryBus, InMemoryRouteStore
 from gochat.logic.passwords import ScryptCost, hash_password, verify_password
 from gochat.logic.persist import PersistService, PersistWorker
 from gochat.logic.sequencing import MessageIdGenerator
-from gochat.logic.sqlite_store import SqliteAccountStore, SqliteMessageStore, SqliteStoreService, connect_pool
+from gochat.logic.sqlite_store import (
+    SqliteAccountStore,
+    SqliteGroupStore,
+    SqliteMessageStore,
+    SqliteStoreService,
+    connect_pool,
+)
 from gochat.logic.tokens import TokenSigner, load_or_create_secret
 
 EMBEDDED_DATABASE = ""
@@ -84,6 +97,7 @@ class LogicService(StopInReverse):
 class _Stores:
     accounts: IAccountStore
     messages: IMessageStore
+    groups: IGroupStore
     service: Service
 
 
@@ -101,7 +115,12 @@ def _stores(config: LogicConfig, reactor: Any) -> _Stores:
         )
         pool = mysql_store.connect_pool(settings, reactor)
         messages = mysql_store.MysqlMessageStore(pool, reactor, config.batch)
-        return _Stores(mysql_store.MysqlAccountStore(pool), messages, mysql_store.MysqlStoreService(pool, messages))
+        return _Stores(
+            mysql_store.MysqlAccountStore(pool),
+            messages,
+            mysql_store.MysqlGroupStore(pool),
+            mysql_store.MysqlStoreService(pool, messages),
+        )
     if url.scheme not in ("", "sqlite"):
         raise ValueError(f"unsupported database {config.database!r}: use mysql://... or sqlite:PATH")
     path = (
@@ -109,7 +128,7 @@ def _stores(config: LogicConfig, reactor: Any) -> _Stores:
     )
     path.parent.mkdir(parents=True, exist_ok=True)
     pool = connect_pool(str(path), reactor)
-    return _Stores(SqliteAccountStore(pool), SqliteMessageStore(pool), SqliteStoreService(pool))
+    return _Stores(SqliteAccountStore(pool), SqliteMessageStore(pool), SqliteGroupStore(pool), SqliteStoreService(pool))
 
 
 def build(config: LogicConfig, reactor: Any) -> LogicService:
@@ -159,6 +178,7 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
         accounts=stores.accounts,
         persist=persist,
         messages=stores.messages,
+        groups=stores.groups,
         routes=routes,
         deliveries=deliveries,
         tokens=TokenSigner(load_or_create_secret(config.token_secret_path)),

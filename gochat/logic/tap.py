@@ -51,6 +51,21 @@ class Options(usage.Options):
         ["batch-size", None, 500, "Write a batch of messages at this many.", int],
         ["batch-delay-ms", None, 5.0, "... or this many milliseconds after the first one waits.", float],
         ["token-ttl", None, 86400.0, "Seconds a login token is valid.", float],
+        ["max-group-size", None, ChatSettings.max_group_size, "Most members a group may have, owner included.", int],
+        [
+            "recall-window",
+            None,
+            ChatSettings.recall_window,
+            "Seconds after sending during which a sender may recall a message.",
+            float,
+        ],
+        [
+            "edit-window",
+            None,
+            ChatSettings.edit_window,
+            "Seconds after sending during which a sender may edit a message.",
+            float,
+        ],
         [
             "grpc-workers",
             None,
@@ -59,6 +74,13 @@ class Options(usage.Options):
             int,
         ],
     ]
+
+    def postOptions(self) -> None:
+        if self["max-group-size"] < 1:
+            raise usage.UsageError("--max-group-size must be at least 1 (the owner)")
+        for name in ("recall-window", "edit-window"):
+            if self[name] < 0:
+                raise usage.UsageError(f"--{name} must not be negative")
 
 
 def config_from_options(options: Options) -> LogicConfig:
@@ -75,7 +97,12 @@ def config_from_options(options: Options) -> LogicConfig:
         grpc_workers=options["grpc-workers"],
         node_id=options["node-id"],
         batch=BatchPolicy(max_batch=options["batch-size"], max_delay=options["batch-delay-ms"] / 1000.0),
-        chat=ChatSettings(token_ttl=options["token-ttl"]),
+        chat=ChatSettings(
+            token_ttl=options["token-ttl"],
+            max_group_size=options["max-group-size"],
+            recall_window=options["recall-window"],
+            edit_window=options["edit-window"],
+        ),
     )
 
 
