@@ -105,13 +105,22 @@ def _set_common_headers(request: Request) -> None:
 
 
 class StaticFileResource(Resource):
-    """Serves one :class:`StaticFile` to ``GET`` and ``HEAD`` (other methods get 405)."""
+    """Serves one :class:`StaticFile` to ``GET`` and ``HEAD``; any other method gets a plain-text 405."""
 
     isLeaf = True
 
     def __init__(self, static: StaticFile) -> None:
         super().__init__()
         self._static = static
+
+    def render(self, request: Request) -> bytes:
+        if request.method in (b"GET", b"HEAD"):
+            return super().render(request)  # type: ignore[no-any-return]
+        _set_common_headers(request)
+        request.setResponseCode(http.NOT_ALLOWED)
+        request.setHeader(b"allow", b"GET, HEAD")
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"method not allowed\n"
 
     def render_GET(self, request: Request) -> bytes:
         if self._headers(request):
@@ -180,7 +189,7 @@ class WebClientRoot(Resource):
 
     def render(self, request: Request) -> bytes:
         # Reached only for a request whose path is empty (no leading slash); treat it like "/".
-        return self._files[""].render(request)  # type: ignore[no-any-return]
+        return self._files[""].render(request)
 
 
 def web_client_root(directory: Traversable | None = None) -> WebClientRoot:

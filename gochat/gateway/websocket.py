@@ -86,6 +86,10 @@ class OriginPolicy:
     normalising case and default ports), or any origin if ``allowed`` holds
     ``"*"``. A request without ``Origin`` does not come from a web page and
     is allowed: browsers always send one.
+
+    The scheme is not compared with the connection's: behind a proxy that
+    ends TLS, the page is ``https`` while the gateway hears plain HTTP, and
+    one host and port serve only one of the two anyway.
     """
 
     allowed: frozenset[tuple[str, str, int]] = frozenset()

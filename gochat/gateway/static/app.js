@@ -1,10 +1,10 @@
 // gochat's web page: the login form and the chat view, drawn from the state in client.js.
 //
 // Every piece of text that comes from a user or the server goes into the page through
-// textContent or an attribute, never through innerHTML, so a message is always shown
-// as the characters it holds.
+// textContent or an attribute and is never parsed as markup, so a message is always
+// shown as the characters it holds.
 
-import { ApiError, ChatClient, MAX_BODY_CHARS, codePoints, login, register } from "./client.js";
+import { ApiError, ChatClient, MAX_BODY_CHARS, codePoints, describeMember, login, register } from "./client.js";
 
 const SESSION_KEY = "gochat.v1.session";
 const API_BASE = new URL("api/", document.baseURI);
@@ -214,19 +214,24 @@ function renderConversations() {
     list,
     conversations,
     (conv) => conv.key,
-    (conv) => {
-      const last = conv.lastMessage;
-      return JSON.stringify([
+    (conv) =>
+      JSON.stringify([
         client.title(conv),
         client.presenceOf(conv),
         conv.unread,
-        last?.seq,
+        conv.lastSeq,
+        conv.bySeq.size,
         client.pendingIn(conv).length,
         conv.key === client.selected,
-      ]);
-    },
+      ]),
     buildConversationItem,
   );
+}
+
+function previewOf(message) {
+  if (message.kind === "member") return describeMember(message);
+  if (message.recalled) return "(message withdrawn)";
+  return message.body;
 }
 
 function buildConversationItem(conv) {
@@ -241,9 +246,10 @@ function buildConversationItem(conv) {
   dot.dataset.presence = presence;
   dot.title = presence;
   const title = el("span", "conv-title", client.title(conv));
-  const last = conv.lastMessage;
+  const last = conv.lastShown;
   const pending = client.pendingIn(conv);
-  const previewText = pending.length > 0 ? pending[pending.length - 1].body : last ? last.body : "New conversation";
+  const previewText =
+    pending.length > 0 ? pending[pending.length - 1].body : last !== null ? previewOf(last) : "New conversation";
   const preview = el("span", "conv-preview", previewText);
   button.append(dot, title);
   if (conv.unread > 0) {
@@ -285,7 +291,7 @@ function renderConversation() {
   presenceLabel.textContent = presence === "unknown" ? "" : presence;
 
   const items = [
-    ...conv.messages.map((m) => ({ kind: "message", m })),
+    ...conv.shown.map((m) => ({ kind: "message", m })),
     ...client.pendingIn(conv).map((entry) => ({ kind: "pending", entry })),
   ];
   reconcile(
@@ -293,7 +299,9 @@ function renderConversation() {
     items,
     (item) => (item.kind === "message" ? `s${item.m.seq}` : `c${item.entry.clientMsgId}`),
     (item) =>
-      item.kind === "message" ? "acked" : `${item.entry.state}:${client.status.state}:${item.entry.error ?? ""}`,
+      item.kind === "message"
+        ? JSON.stringify([item.m.body, item.m.edited, item.m.recalled])
+        : `${item.entry.state}:${client.status.state}:${item.entry.error ?? ""}`,
     buildMessageItem,
   );
   if (switched || atBottom) messages.scrollTop = messages.scrollHeight;
@@ -314,6 +322,11 @@ function buildMessageItem(item) {
   const meta = el("div", "meta");
   const body = el("div", "body");
   const delivery = el("div", "delivery");
+  if (item.kind === "message" && item.m.kind === "member") {
+    const note = el("li", "note", describeMember(item.m));
+    note.dataset.seq = String(item.m.seq);
+    return note;
+  }
   if (item.kind === "message") {
     const { m } = item;
     li.dataset.state = "acked";
@@ -326,7 +339,9 @@ function buildMessageItem(item) {
       time.title = dateTimeFormat.format(new Date(m.ts));
       meta.append(time);
     }
-    body.textContent = m.body;
+    body.textContent = m.recalled ? "(message withdrawn)" : m.body;
+    if (m.recalled) li.classList.add("recalled");
+    if (m.edited) meta.append(el("span", "edited", "edited"));
     if (own) {
       delivery.textContent = `✓ stored · seq ${m.seq}`;
       delivery.title = `message id ${m.msgId}`;

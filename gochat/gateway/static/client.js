@@ -148,10 +148,35 @@ export class Conversation {
     return [...this.bySeq.values()].sort((a, b) => a.seq - b.seq);
   }
 
-  get lastMessage() {
-    let last = null;
-    for (const m of this.bySeq.values()) if (last === null || m.seq > last.seq) last = m;
-    return last;
+  /**
+   * What a reader sees, in seq order: text messages, with the edits and recalls that name them
+   * (`kind` "edit" or "recall", `refSeq`) applied, and membership notes (`kind` "member").
+   */
+  get shown() {
+    const shown = [];
+    const bySeq = new Map();
+    for (const m of this.messages) {
+      if (m.kind === "edit" || m.kind === "recall") {
+        const target = bySeq.get(m.refSeq);
+        if (target !== undefined && m.kind === "edit" && !target.recalled) {
+          target.body = m.body;
+          target.edited = true;
+        } else if (target !== undefined && m.kind === "recall") {
+          target.body = "";
+          target.recalled = true;
+        }
+        continue;
+      }
+      const copy = { ...m, edited: false, recalled: false };
+      bySeq.set(m.seq, copy);
+      shown.push(copy);
+    }
+    return shown;
+  }
+
+  get lastShown() {
+    const shown = this.shown;
+    return shown.length > 0 ? shown[shown.length - 1] : null;
   }
 
   /** True when a message past lastSeq is here, so one before it is missing. */
@@ -596,6 +621,7 @@ export class ChatClient extends EventTarget {
       const entry = this.outbox.get(message.client_msg_id);
       if (entry) this._settle(entry, conv);
     }
+    const kind = typeof message.kind === "string" ? message.kind : "text";
     const added = conv.add({
       seq: message.seq,
       msgId: String(message.msg_id ?? ""),
@@ -603,8 +629,10 @@ export class ChatClient extends EventTarget {
       body: String(message.body ?? ""),
       ts: Number(message.ts) || 0,
       clientMsgId: String(message.client_msg_id ?? ""),
+      kind,
+      refSeq: Number.isInteger(message.ref_seq) ? message.ref_seq : null,
     });
-    if (added && !own && !(this.visible && this.selected === conv.key)) conv.unread += 1;
+    if (added && !own && kind === "text" && !(this.visible && this.selected === conv.key)) conv.unread += 1;
     return conv;
   }
 
@@ -622,6 +650,8 @@ export class ChatClient extends EventTarget {
         body: entry.body,
         ts: Number(body.ts) || Date.now(),
         clientMsgId: entry.clientMsgId,
+        kind: "text",
+        refSeq: null,
       });
     }
     this._recvAckSoon();
@@ -858,6 +888,32 @@ export class ChatClient extends EventTarget {
 
   _changed() {
     this.dispatchEvent(new Event("change"));
+  }
+}
+
+/** A membership note (a message of `kind` "member", whose body is JSON) in words. */
+export function describeMember(message) {
+  let change;
+  try {
+    change = JSON.parse(message.body);
+  } catch {
+    return "The membership changed.";
+  }
+  const by = typeof change?.by === "string" ? change.by : message.from;
+  const users = Array.isArray(change?.users) ? change.users.join(", ") : "";
+  switch (change?.action) {
+    case "created":
+      return `${by} created the group${typeof change.name === "string" ? ` “${change.name}”` : ""}.`;
+    case "added":
+      return `${by} added ${users || "someone"}.`;
+    case "removed":
+      return `${by} removed ${change.user ?? "someone"}.`;
+    case "left":
+      return `${change.user ?? by} left.`;
+    case "role":
+      return `${by} made ${change.user ?? "someone"} ${change.role ?? "a member"}.`;
+    default:
+      return "The membership changed.";
   }
 }
 
