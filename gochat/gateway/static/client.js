@@ -604,6 +604,8 @@ export class ChatClient extends EventTarget {
     if (typeof body.conv !== "string" || !Number.isInteger(body.seq)) return;
     const conv = this._store(body);
     if (conv.hasGap) this._gapSeen(conv);
+    // A live message from someone last seen offline: ask again rather than show them offline until the next poll.
+    if (body.from !== this.me.name && this.presence.get(body.from) === "offline") this._presenceSoon();
     this._recvAckSoon();
     this._saveSoon();
     this._changed();
