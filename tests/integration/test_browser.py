@@ -6,7 +6,8 @@ Python package (``executable_path=/usr/bin/chromium``; no browser download),
 opens the page in two browser contexts, which share nothing, as two windows
 of two people would. Both register and log in through the page, open a 1:1
 conversation and write to each other; each must see the other's message and
-its own marked as stored with its seq, and the other user shown online.
+its own marked as stored with its seq, and the other user shown online. A
+third person's message opens a second conversation, unread until opened.
 
 Then the gateway is stopped (SIGTERM, so both pages are told to reconnect)
 while Alice writes: her message waits as "sending". A new gateway process on
@@ -138,11 +139,22 @@ class BrowserChatTests(TestCase):
                 browser.close()
 
     def conversation(self, browser: Any) -> None:
-        from playwright.sync_api import expect
-
+        """The whole story in *browser*; uncaught errors in any page fail it."""
         errors: list[str] = []
         alice = self.open_page(browser, "alice", errors)
         bob = self.open_page(browser, "bob", errors)
+        self.chat_both_ways(alice, bob)
+        self.second_conversation(browser, alice, errors)
+        self.chat_through_a_restart(alice, bob)
+        for name, page in (("alice", alice), ("bob", bob)):
+            page.locator("#message-input").blur()
+            page.mouse.move(0, 0)
+            page.screenshot(path=os.path.join(self.workdir, f"web-client-{name}.png"))
+        self.assertEqual(errors, [], "the pages threw")
+
+    def chat_both_ways(self, alice: Any, bob: Any) -> None:
+        """Register, log in, and write to each other: own messages stored with a seq, the other's shown."""
+        from playwright.sync_api import expect
 
         # Bob registers; Alice registers, logs out, and logs in again with the login button.
         self.register(bob, "bob")
@@ -183,6 +195,33 @@ class BrowserChatTests(TestCase):
             "data-presence", "online", timeout=STEP_MS
         )
 
+    def second_conversation(self, browser: Any, alice: Any, errors: list[str]) -> None:
+        """The conversation list holds more than one conversation, each with its own messages."""
+        from playwright.sync_api import expect
+
+        # A third person writes to Alice: a second conversation, unread until she opens it, with its own seqs.
+        carol = self.open_page(browser, "carol", errors)
+        self.register(carol, "carol")
+        carol.fill("#new-chat-name", "alice")
+        carol.click("#new-chat-button")
+        self.write(carol, "Hello Alice, it's Carol.")
+        self.expect_own(carol, 1, "Hello Alice, it's Carol.")
+        carol.context.close()
+        alice_to_carol = alice.locator('.conv[data-peer="carol"]')
+        expect(alice_to_carol.locator(".unread")).to_have_text("1", timeout=STEP_MS)
+        expect(alice.locator(".conv")).to_have_count(2)
+        alice_to_carol.click()
+        self.expect_theirs(alice, 1, "carol", "Hello Alice, it's Carol.")
+        expect(alice.locator("#messages li.message")).to_have_count(1)
+        expect(alice_to_carol.locator(".unread")).to_have_count(0)
+        alice.click('.conv[data-peer="bob"]')
+        self.expect_own(alice, 1, "Hi Bob! Lunch at noon?")
+        expect(alice.locator("#messages li.message")).to_have_count(2)
+
+    def chat_through_a_restart(self, alice: Any, bob: Any) -> None:
+        """The gateway restarts: the pages reconnect and resume by themselves, and nothing is lost or doubled."""
+        from playwright.sync_api import expect
+
         # The gateway goes away: both pages notice and wait to reconnect; Alice's next message waits as "sending".
         blockingCallFromThread(self.reactor, self.stop_gateway)
         for page in (alice, bob):
@@ -206,11 +245,6 @@ class BrowserChatTests(TestCase):
             expect(page.locator(f'.conv[data-peer="{peer}"] .presence-dot')).to_have_attribute(
                 "data-presence", "online", timeout=STEP_MS
             )
-
-        for name, page in (("alice", alice), ("bob", bob)):
-            page.locator("#message-input").blur()
-            page.screenshot(path=os.path.join(self.workdir, f"web-client-{name}.png"))
-        self.assertEqual(errors, [], "the pages threw")
 
     def open_page(self, browser: Any, name: str, errors: list[str]) -> Any:
         """A new browser context (its own storage, as another person's window) showing the login form."""

@@ -297,7 +297,8 @@ function renderConversation() {
   reconcile(
     messages,
     items,
-    (item) => (item.kind === "message" ? `s${item.m.seq}` : `c${item.entry.clientMsgId}`),
+    // Keyed by conversation too: another conversation's seq 1 is another message.
+    (item) => (item.kind === "message" ? `${conv.key} ${item.m.seq}` : `pending ${item.entry.clientMsgId}`),
     (item) =>
       item.kind === "message"
         ? JSON.stringify([item.m.body, item.m.edited, item.m.recalled])
