@@ -135,6 +135,36 @@ class ProcessTestCase(TestCase):
         return alice, bob
 
     @inlineCallbacks
+    def group_flow(self, alice: JsonFrameClient, bob: JsonFrameClient) -> Generator[Deferred[Any], Any, str]:
+        """alice makes a group with bob; a message, a read receipt, typing and history cross the real processes."""
+        alice.send_frame({"v": 1, "type": "group_create", "id": "g", "body": {"name": "pair", "members": ["bob"]}})
+        frames = yield gatherResults([alice.next_frame(), alice.next_frame(), bob.next_frame()])
+        by_type = {frame["type"]: frame for frame in frames[:2]}
+        self.assertEqual(set(by_type), {"group_create_ok", "push"}, frames)
+        conv = by_type["group_create_ok"]["body"]["conv"]
+        self.assertEqual(
+            (frames[2]["type"], frames[2]["body"]["kind"], frames[2]["body"]["conv"]), ("push", "member", conv)
+        )
+        alice.send_frame(
+            {"v": 1, "type": "send", "id": "gs", "body": {"client_msg_id": "g-1", "conv": conv, "body": "to the group"}}
+        )
+        ack, push = yield gatherResults([alice.next_frame(), bob.next_frame()])
+        self.assertEqual((ack["type"], ack["body"]["seq"]), ("ack", 2), ack)
+        self.assertEqual((push["type"], push["body"]["body"], push["body"]["kind"]), ("push", "to the group", "text"))
+        bob.send_frame({"v": 1, "type": "read", "id": "r", "body": {"conv": conv, "seq": 2}})
+        read_ok, receipt = yield gatherResults([bob.next_frame(), alice.next_frame()])
+        self.assertEqual((read_ok["type"], read_ok["body"]["seq"]), ("read_ok", 2), read_ok)
+        self.assertEqual((receipt["type"], receipt["body"]["from"], receipt["body"]["seq"]), ("receipt", "bob", 2))
+        bob.send_frame({"v": 1, "type": "typing", "body": {"conv": conv}})
+        typing = yield alice.next_frame()
+        self.assertEqual((typing["type"], typing["body"]["from"]), ("typing", "bob"), typing)
+        bob.send_frame({"v": 1, "type": "history", "id": "h", "body": {"conv": conv, "limit": 10}})
+        history = yield bob.next_frame()
+        self.assertEqual([m["seq"] for m in history["body"]["messages"]], [1, 2], history)
+        self.assertEqual(history["body"]["reads"]["bob"], 2)
+        return str(conv)
+
+    @inlineCallbacks
     def stop_cleanly(self, process: TwistdProcess) -> Generator[Deferred[Any], Any, None]:
         """SIGTERM *process* and check it shut down cleanly (see the module docstring)."""
         exit_status = yield process.terminate()
@@ -172,6 +202,7 @@ class EmbeddedGatewayProcessTests(ProcessTestCase):
         )
         port = yield gateway.wait_for_port(GATEWAY_LISTENING)
         alice, bob = yield self.chat_both_ways(port)
+        yield self.group_flow(alice, bob)
         yield self.drain(gateway, [alice, bob])
 
 
@@ -203,6 +234,7 @@ class SplitProcessesTests(ProcessTestCase):
         )
         port = yield gateway.wait_for_port(GATEWAY_LISTENING)
         alice, bob = yield self.chat_both_ways(port)
+        yield self.group_flow(alice, bob)
         yield self.drain(gateway, [alice, bob], logic)
 
 
@@ -268,13 +300,23 @@ class ProductionProcessesTests(ProcessTestCase):
         )
         port = yield gateway.wait_for_port(GATEWAY_LISTENING)
         alice, bob = yield self.chat_both_ways(port)
+        conv = yield self.group_flow(alice, bob)
         yield self.drain(gateway, [alice, bob], logic)
         import pymysql
 
         connection = pymysql.connect(host="127.0.0.1", user="root", password="", database=self.database)
         try:
             with connection.cursor() as cursor:
-                cursor.execute("SELECT conv, seq FROM messages ORDER BY seq")
-                self.assertEqual([seq for _conv, seq in cursor.fetchall()], [1, 2, 3])
+                cursor.execute("SELECT conv, seq, kind FROM messages ORDER BY conv, seq")
+                self.assertEqual(
+                    cursor.fetchall(),
+                    (
+                        ("d:1:2", 1, "text"),
+                        ("d:1:2", 2, "text"),
+                        ("d:1:2", 3, "text"),
+                        (conv, 1, "member"),
+                        (conv, 2, "text"),
+                    ),
+                )
         finally:
             connection.close()
