@@ -568,8 +568,9 @@ async def measure_window(state: RunState, result: dict[str, Any]) -> dict[str, a
     state.progress.done()
     state.window = (start, deadline)
     cpu = {name: round(cpu_percent(after[name] - before[name], deadline - start), 1) for name in after}
-    cpu["machine_total_of_200"] = cpu.pop("machine")
+    cpu["machine_total"] = cpu.pop("machine")
     result["cpu_percent_of_a_core"] = cpu
+    result["load_average_at_end"] = machine.load_average()
     return profiles
 
 
@@ -591,6 +592,9 @@ async def collect(state: RunState, result: dict[str, Any], profiles: dict[str, a
     window = state.window[1] - state.window[0]
     cpu = result["cpu_percent_of_a_core"]
     cpu["clients"] = round(cpu_percent(sum(r.window_cpu_seconds for r in results), window), 1)
+    ours = sum(value for name, value in cpu.items() if name != "machine_total")
+    # What the rest of the machine (other sessions' tests, say) took from the same cores meanwhile.
+    cpu["other_processes"] = round(max(0.0, cpu["machine_total"] - ours), 1)
     gateway = result["gateway"]
     gateway["rss_end_bytes"] = state.gateway_rss()
     rss_start, rss_connected = gateway.get("rss_before_connections_bytes"), gateway.get("rss_connected_bytes")

@@ -4,10 +4,13 @@ With ``--profile``, each server process is sampled by ``py-spy record
 --format raw`` (collapsed stacks, one ``frame;frame;... count`` line per
 distinct stack) over the measurement window. :func:`summarize` turns that
 into the functions holding the most samples, by themselves (self) and with
-what they call (inclusive), as shares of the samples. py-spy samples only
-threads that are running (not idle in a system call), so the shares are of
-the process's busy time. py-spy is a measuring tool, not a dependency:
-``pip install py-spy``.
+what they call (inclusive), as shares of the busy samples. py-spy does not
+see that a thread blocked on a lock or in ``epoll_wait`` is idle, so stacks
+that end in such a wait (:data:`IDLE_LEAVES`: thread-pool workers waiting for
+work, the reactor waiting for events) are counted apart as idle, and the
+shares are of the rest. Native code (SQLite, the TLS or gRPC core) shows as
+the Python function that called it. py-spy is a measuring tool, not a
+dependency: ``pip install py-spy``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,20 @@ from bench.load.servers import run_command
 #: ``function (path/to/file.py:123)`` as py-spy writes a frame; the line number is dropped when summing.
 FRAME = re.compile(r"^(?P<function>.*?) \((?P<file>[^():]+)(?::\d+)?\)$")
 TOP = 15
+#: Leaf functions of a thread that waits: a stack ending in one is idle time, not work.
+IDLE_LEAVES = frozenset(
+    {
+        "Condition.wait",
+        "Event.wait",
+        "Thread._wait_for_tstate_lock",
+        "EPollReactor.doPoll",
+        "PollReactor.doPoll",
+        "SelectReactor.doSelect",
+        "_worker",
+        "select",
+        "sleep",
+    }
+)
 
 
 def py_spy() -> str | None:
@@ -61,10 +78,11 @@ def frame_name(frame: str) -> str:
 
 
 def summarize(lines: Iterable[str], top: int = TOP) -> dict[str, Any]:
-    """The *top* functions by self and by inclusive samples, from collapsed-stack *lines*."""
+    """The *top* functions by self and by inclusive samples, from collapsed-stack *lines*, idle waits apart."""
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
+    idle = 0
     for raw in lines:
         line = raw.rstrip("\n")
         if not line.strip():
@@ -77,6 +95,9 @@ def summarize(lines: Iterable[str], top: int = TOP) -> dict[str, Any]:
         frames = [frame_name(f) for f in stack.split(";") if f]
         if not frames:
             continue
+        if frames[-1].split(" (", 1)[0] in IDLE_LEAVES:
+            idle += count
+            continue
         total += count
         own[frames[-1]] += count
         for name in set(frames):
@@ -84,8 +105,8 @@ def summarize(lines: Iterable[str], top: int = TOP) -> dict[str, Any]:
 
     def share(counter: Counter[str]) -> list[dict[str, Any]]:
         return [
-            {"function": name, "samples": n, "percent": round(100.0 * n / total, 1)}
+            {"function": name, "samples": n, "percent": round(100.0 * n / total, 1) if total else 0.0}
             for name, n in counter.most_common(top)
         ]
 
-    return {"samples": total, "self": share(own), "inclusive": share(inclusive)}
+    return {"busy_samples": total, "idle_samples": idle, "self": share(own), "inclusive": share(inclusive)}
