@@ -370,16 +370,29 @@ _UPSERT_JOINED = (
     " ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq)),"
     " acked_seq = GREATEST(acked_seq, VALUES(acked_seq)), read_seq = GREATEST(read_seq, VALUES(read_seq))"
 )
-#: A user's index rows and, for each, the text messages of others after the read seq up to the user's
-#: last seq: a range of the (conv, seq) key per conversation.
-_SELECT_CONVERSATIONS = """SELECT uc.conv, uc.last_seq, uc.acked_seq, uc.read_seq, COUNT(m.seq)
-    FROM user_convs AS uc
-    LEFT JOIN messages AS m
-        ON m.conv = uc.conv AND m.seq > uc.read_seq AND m.seq <= uc.last_seq
-        AND m.sender_id <> uc.user_id AND m.kind = %s
-    WHERE uc.user_id = %s
-    GROUP BY uc.conv, uc.last_seq, uc.acked_seq, uc.read_seq
-    ORDER BY uc.conv"""
+#: How many conversations one unread-counting statement covers (one range of the (conv, seq) key each).
+UNREAD_RANGES_PER_STATEMENT = 500
+
+
+def _unread_counts(cursor: Any, user_id: int, ranges: Sequence[tuple[str, int, int]]) -> dict[str, int]:
+    """For each ``(conv, read_seq, last_seq)``: the text messages of others with read_seq < seq <= last_seq.
+
+    One range of the ``(conv, seq)`` key per conversation, so only unread
+    messages are read. (A join from ``user_convs`` cannot do that: MariaDB
+    and MySQL look a joined table up by ``conv`` alone and walk the
+    conversation's whole history; measured 450 times slower at 10,000
+    messages per conversation.)
+    """
+    counts: dict[str, int] = {}
+    for start in range(0, len(ranges), UNREAD_RANGES_PER_STATEMENT):
+        chunk = ranges[start : start + UNREAD_RANGES_PER_STATEMENT]
+        condition = " OR ".join(["(conv = %s AND seq > %s AND seq <= %s)"] * len(chunk))
+        cursor.execute(
+            f"SELECT conv, COUNT(*) FROM messages WHERE ({condition}) AND sender_id <> %s AND kind = %s GROUP BY conv",
+            [*(value for r in chunk for value in r), user_id, MessageKind.TEXT],
+        )
+        counts.update((conv, int(count)) for conv, count in cursor.fetchall())
+    return counts
 
 
 class MysqlMessageStore:
@@ -476,14 +489,18 @@ class MysqlMessageStore:
         return _read(self._pool, select, "last seq")
 
     def conversations(self, user_id: int) -> Deferred[list[ConversationState]]:
-        """The user's index rows by conv, each with its unread count (one query over the ``(conv, seq)`` key)."""
+        """The user's index rows by conv, each with its unread count (:func:`_unread_counts`), in one transaction."""
 
         def select(cursor: Any) -> list[ConversationState]:
-            cursor.execute(_SELECT_CONVERSATIONS, (MessageKind.TEXT, user_id))
-            return [
-                ConversationState(conv, int(last), int(acked), int(read), int(unread))
-                for conv, last, acked, read, unread in cursor.fetchall()
-            ]
+            cursor.execute(
+                "SELECT conv, last_seq, acked_seq, read_seq FROM user_convs WHERE user_id = %s ORDER BY conv",
+                (user_id,),
+            )
+            rows = [(conv, int(last), int(acked), int(read)) for conv, last, acked, read in cursor.fetchall()]
+            unread = _unread_counts(
+                cursor, user_id, [(conv, read, last) for conv, last, _, read in rows if read < last]
+            )
+            return [ConversationState(conv, last, acked, read, unread.get(conv, 0)) for conv, last, acked, read in rows]
 
         return _read(self._pool, select, "conversation list")
 

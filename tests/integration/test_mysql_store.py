@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic import migrate
+from gochat.logic import migrate, mysql_store
 from gochat.logic.batch_writer import BatchPolicy, BatchWriter
 from gochat.logic.interfaces import StaleSequenceError
 from gochat.logic.mysql_store import (
@@ -493,6 +493,21 @@ class MysqlStoreTests(StoreContract, TestCase):
         rows = self.query("SELECT msg_id, conv, seq FROM messages")
         self.assertEqual(sorted(rows), sorted((m[0].msg_id, m[0].conv, m[0].seq) for m in results.values()))
         self.flushLoggedErrors(*RETRIED_ERRORS)
+
+    async def test_unread_counts_over_many_statements(self) -> None:
+        """Unread counts stay right when a user's conversations take several counting statements."""
+        await self.start()
+        requests = [
+            request(100 * c + n, conv=f"d:2:{10 + c}", sender_id=10 + c) for c in range(5) for n in range(1, c + 2)
+        ]
+        await self.messages.commit_batch([dataclasses.replace(r, participants=(2, r.sender_id)) for r in requests], {})
+        await self.messages.mark_read(2, "d:2:13", 2)
+        with mock.patch.object(mysql_store, "UNREAD_RANGES_PER_STATEMENT", 2):
+            states = await self.messages.conversations(2)
+        self.assertEqual(
+            [(c.conv, c.last_seq, c.read_seq, c.unread) for c in states],
+            [("d:2:10", 1, 0, 1), ("d:2:11", 2, 0, 2), ("d:2:12", 3, 0, 3), ("d:2:13", 4, 2, 2), ("d:2:14", 5, 0, 5)],
+        )
 
     # Groups: limits of the schema, and the size limit under concurrent additions.
 
