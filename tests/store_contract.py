@@ -156,26 +156,26 @@ class StoreContract(_Base):
     async def test_join_sets_positions_and_never_lowers_them(self) -> None:
         """join enters a conversation seen, received and read up to a seq; a rejoin only moves positions up."""
         await self.start_stores()
-        await self.messages.join(5, GROUP, 0)
+        await self.messages.join([5], GROUP, 0)
         self.assertEqual(await self.messages.conversations(5), [ConversationState(GROUP, 0, 0, 0, 0)])
         await self.store(*(persist_request(n, conv=GROUP, participants=(1, 5)) for n in range(1, 4)))
-        await self.messages.join(6, GROUP, 3)
+        await self.messages.join([6], GROUP, 3)
         self.assertEqual(await self.state(6, GROUP), (3, 3, 3, 0))
-        await self.messages.join(6, GROUP, 1)
+        await self.messages.join([6], GROUP, 1)
         self.assertEqual(await self.state(6, GROUP), (3, 3, 3, 0))
         await self.store(*(persist_request(n, conv=GROUP, participants=(1, 5, 6)) for n in range(4, 6)))
         self.assertEqual(await self.state(6, GROUP), (5, 3, 3, 2))
         # 6 leaves: messages 6 and 7 are not indexed for them; rejoining at 7 skips past them.
         await self.store(*(persist_request(n, conv=GROUP, participants=(1, 5)) for n in range(6, 8)))
         self.assertEqual(await self.state(6, GROUP), (5, 3, 3, 2))
-        await self.messages.join(6, GROUP, 7)
+        await self.messages.join([6], GROUP, 7)
         self.assertEqual(await self.state(6, GROUP), (7, 7, 7, 0))
         # A rejoin at an older seq keeps what 5 already received and read.
         await self.messages.record_received(5, GROUP, 6)
         self.assertEqual(await self.messages.mark_read(5, GROUP, 7), 7)
-        await self.messages.join(5, GROUP, 2)
+        await self.messages.join([5], GROUP, 2)
         self.assertEqual(await self.state(5, GROUP), (7, 6, 7, 0))
-        await self.messages.join(5, GROUP, 0)
+        await self.messages.join([5], GROUP, 0)
         self.assertEqual(await self.state(5, GROUP), (7, 6, 7, 0))
 
     async def test_read_positions(self) -> None:
@@ -184,7 +184,7 @@ class StoreContract(_Base):
         self.assertEqual(await self.messages.read_positions(GROUP), {})
         await self.store(*(persist_request(n, conv=GROUP, participants=(1, 5)) for n in range(1, 5)))
         await self.store(persist_request(10, conv="g:8", participants=(1, 9)))
-        await self.messages.join(6, GROUP, 2)
+        await self.messages.join([6], GROUP, 2)
         await self.messages.mark_read(5, GROUP, 3)
         self.assertEqual(await self.messages.read_positions(GROUP), {1: 0, 5: 3, 6: 2})
         self.assertEqual(await self.messages.read_positions("g:8"), {1: 0, 9: 0})

@@ -438,8 +438,7 @@ class ChatLogic:
         members += [Member(uid, await self._known_username(uid), GroupRole.MEMBER, 0) for uid in others]
         group = await self.group_store.create(name, members, self._clock.seconds())
         conv = group_conversation(group.group_id)
-        for member in members:
-            await self.messages.join(member.user_id, conv, 0)
+        await self.messages.join([m.user_id for m in members], conv, 0)
         await self._membership_event(identity, conv, {"action": "created", "name": name}, [])
         return GroupInfo(group.group_id, conv, group.name, group.created_at, len(members), GroupRole.OWNER)
 
@@ -466,8 +465,7 @@ class ChatLogic:
             Member(uid, await self._known_username(uid), role, joined_seq) for uid in await self._user_ids(usernames)
         ]
         added = await self.group_store.add_members(group_id, candidates, self._settings.max_group_size)
-        for member in added:
-            await self.messages.join(member.user_id, conv, joined_seq)
+        await self.messages.join([m.user_id for m in added], conv, joined_seq)
         if added:
             event = {"action": "added", "users": [m.username for m in added], "role": role}
             await self._membership_event(identity, conv, event, [])

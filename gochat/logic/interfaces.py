@@ -90,8 +90,10 @@ class IMessageStore(Protocol):
         Fires with the read seq now stored; 0 if the user has no such conversation.
         """
 
-    def join(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
-        """Enter *conv* in *user_id*'s index as seen, acknowledged and read up to *seq* (a member joining a group).
+    def join(self, user_ids: Sequence[int], conv: str, seq: int) -> Deferred[None]:
+        """Enter *conv* in each user's index as seen, acknowledged and read up to *seq* (members joining a group).
+
+        One statement for all of them, in one transaction.
 
         Never lowers what is stored: a member who left and rejoins keeps
         their positions if they are further.

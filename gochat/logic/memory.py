@@ -216,10 +216,11 @@ class InMemoryMessageStore:
         head[2] = max(head[2], min(seq, head[0]))
         return succeed(head[2])
 
-    def join(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
-        head = self._heads.setdefault((user_id, conv), [0, 0, 0])
-        for i in range(3):
-            head[i] = max(head[i], seq)
+    def join(self, user_ids: Sequence[int], conv: str, seq: int) -> Deferred[None]:
+        for user_id in user_ids:
+            head = self._heads.setdefault((user_id, conv), [0, 0, 0])
+            for i in range(3):
+                head[i] = max(head[i], seq)
         return succeed(None)
 
     def read_positions(self, conv: str) -> Deferred[dict[int, int]]:

@@ -553,16 +553,20 @@ class MysqlMessageStore:
 
         return _read(self._pool, update, "mark read")
 
-    def join(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
-        """Upsert the user's index row at *seq* at least (retried like a read: it only raises positions)."""
+    def join(self, user_ids: Sequence[int], conv: str, seq: int) -> Deferred[None]:
+        """Upsert the users' index rows at *seq* at least, one multi-row statement (retried like a read: it only
+        raises positions)."""
         problems = _text_problems(("conv", conv, MAX_CONV_LENGTH)) + _unsigned_problems(
-            ("user_id", user_id), ("seq", seq)
+            ("seq", seq), *(("user_id", user_id) for user_id in user_ids)
         )
         if problems:
             raise GochatError(ErrorCode.BAD_REQUEST, f"cannot join {conv[:MAX_CONV_LENGTH]!r}: {'; '.join(problems)}")
 
+        rows = [(user_id, conv, seq, seq, seq) for user_id in user_ids]
+
         def upsert(cursor: Any) -> None:
-            cursor.execute(_UPSERT_JOINED, (user_id, conv, seq, seq, seq))
+            if rows:
+                cursor.executemany(_UPSERT_JOINED, rows)
 
         return _read(self._pool, upsert, "join conversation")
 

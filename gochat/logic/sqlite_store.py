@@ -343,9 +343,11 @@ class SqliteMessageStore:
 
         return _interact(self._pool, update)
 
-    def join(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+    def join(self, user_ids: Sequence[int], conv: str, seq: int) -> Deferred[None]:
+        rows = [(user_id, conv, seq, seq, seq) for user_id in user_ids]
+
         def upsert(cursor: Any) -> None:
-            cursor.execute(_UPSERT_JOINED, (user_id, conv, seq, seq, seq))
+            cursor.executemany(_UPSERT_JOINED, rows)
 
         return _interact(self._pool, upsert)
 

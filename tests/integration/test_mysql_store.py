@@ -528,7 +528,7 @@ class MysqlStoreTests(StoreContract, TestCase):
             lambda: self.groups.add_members(group.group_id, [member(2), member(-3)], 9),
             lambda: self.groups.add_members(group.group_id, [dataclasses.replace(member(2), joined_seq=2**64)], 9),
             lambda: self.groups.set_role(group.group_id, 1, "r" * 17),
-            lambda: self.messages.join(1, "g:" + "9" * 200, 1),
+            lambda: self.messages.join([1], "g:" + "9" * 200, 1),
             lambda: self.messages.commit_batch([request(1), dataclasses.replace(request(2), kind="e" * 17)], {}),
             lambda: self.messages.commit_batch([dataclasses.replace(request(2), kind="poll")], {}),
             lambda: self.messages.commit_batch([dataclasses.replace(request(2), ref_seq=-1)], {}),
