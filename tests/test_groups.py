@@ -355,6 +355,10 @@ class EditRecallTests(GroupTestCase):
             self.refused(self.logic.send(self.command("bob", conv, "b4", "x", MessageKind.MEMBER, 2))),
             ErrorCode.BAD_REQUEST,
         )
+        self.assertEqual(
+            self.refused(self.logic.send(self.command("bob", conv, "member:1"))),
+            ErrorCode.BAD_REQUEST,
+        )
         self.clock.advance(61)
         self.assertEqual(
             self.refused(self.logic.send(self.command("bob", conv, "b5", "", MessageKind.RECALL, 2))),

@@ -89,6 +89,8 @@ MAX_CONV_LENGTH = 128
 MAX_PASSWORD_LENGTH = 256
 MAX_GROUP_NAME_LENGTH = 64
 MAX_HISTORY_LIMIT = 200
+#: The client message ids of membership events; clients may not use them.
+MEMBER_EVENT_ID_PREFIX = "member:"
 #: Members named in one create or add request.
 MAX_NAMES_PER_REQUEST = 1000
 
@@ -267,6 +269,8 @@ class ChatLogic:
             raise GochatError(ErrorCode.BAD_REQUEST, f"body must have 1 to {self._settings.max_body_length} characters")
         if not (command.client_msg_id and is_encodable(command.body) and is_encodable(command.client_msg_id)):
             raise GochatError(ErrorCode.BAD_REQUEST, "body and client_msg_id must be valid, non-empty Unicode")
+        if command.client_msg_id.startswith(MEMBER_EVENT_ID_PREFIX):
+            raise GochatError(ErrorCode.BAD_REQUEST, f"client_msg_id may not start with {MEMBER_EVENT_ID_PREFIX!r}")
         if len(command.conv) > MAX_CONV_LENGTH:
             raise GochatError(ErrorCode.BAD_REQUEST, f"conv must have at most {MAX_CONV_LENGTH} characters")
 
@@ -564,7 +568,7 @@ class ChatLogic:
             conv=conv,
             sender_id=identity.user_id,
             sender=identity.username,
-            client_msg_id=f"member:{msg_id}",
+            client_msg_id=f"{MEMBER_EVENT_ID_PREFIX}{msg_id}",
             body=json.dumps({**event, "by": identity.username}, separators=(",", ":"), ensure_ascii=False),
             ts=int(now * 1000),
             participants=tuple(dict.fromkeys([*members, *also])),
