@@ -85,7 +85,7 @@ REPO = Path(__file__).resolve().parents[2]
 RECORDED_OPTIONS = (
     *("connections", "duration", "scenario", "mode", "rate", "window", "workers", "body_size", "sessions_per_user"),
     *("connect_rate", "ack_timeout", "drain_timeout", "recv_ack_interval", "frames_per_second", "frame_burst"),
-    *("server_ref", "url", "profile"),
+    *("ping", "idle_timeout", "server_ref", "url", "profile"),
 )
 PASSWORD = "bench-password-1"
 #: Connections per client worker when ``--workers`` is not given (each worker stays far below 20,000 fds).
@@ -442,6 +442,7 @@ async def start_target(state: RunState) -> None:
         state.env,
         options.frames_per_second,
         options.frame_burst,
+        idle_timeout=options.idle_timeout,
         keep=options.keep,
     )
     log(f"starting the {options.mode} servers (logs in {state.workdir})")
@@ -485,6 +486,7 @@ async def plan_workers(state: RunState) -> int | None:
             ack_timeout=options.ack_timeout,
             drain_timeout=options.drain_timeout,
             recv_ack_interval=options.recv_ack_interval,
+            ping=options.ping,
             seed=hash((state.run_id, index)) & 0xFFFFFFFF,
         )
         state.workers.append(WorkerProcess(plan, state.env))
@@ -779,6 +781,15 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
         "--frames-per-second", type=float, default=1000.0, help="flood limit given to the servers started (1000)"
     )
     parser.add_argument("--frame-burst", type=int, default=2000, help="flood burst given to the servers started")
+    parser.add_argument(
+        "--idle-timeout", type=float, help="session idle timeout given to the servers started (default: theirs, 60)"
+    )
+    parser.add_argument(
+        "--ping",
+        choices=("json", "websocket", "none"),
+        default="json",
+        help="how quiet connections keep their session: a ping frame (json, default), a WebSocket ping, or not",
+    )
     parser.add_argument("--server-ref", help="run the servers from this git ref (git archive) instead of the tree")
     parser.add_argument("--profile", action="store_true", help="py-spy the gateway and logic over the window")
     parser.add_argument("--output", help="write PREFIX.json and PREFIX.png (and PREFIX-*.folded with --profile)")

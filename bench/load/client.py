@@ -459,9 +459,9 @@ class Client:
 
     # Periodic duties (called by the worker's ticker).
 
-    def tick(self, now: float, recv_acks: bool) -> None:
-        """Send the due ``recv_ack``\\ s (if *recv_acks*) and a ``ping`` if the session has been quiet for a
-        heartbeat."""
+    def tick(self, now: float, recv_acks: bool, ping_style: str = "json") -> None:
+        """Send the due ``recv_ack``\\ s (if *recv_acks*), and a ping of *ping_style* (``json``, ``websocket``
+        or ``none``) if the session has been quiet for most of a heartbeat."""
         ws = self.ws
         if ws is None or not self.ready.is_set():
             return
@@ -473,16 +473,21 @@ class Client:
                     state.acked_up_to = state.prefix
                     frames.append({"v": 1, "type": "recv_ack", "body": {"conv": conv, "seq": state.prefix}})
             self.dirty.clear()
-        if not frames and now - self.last_sent >= PING_AFTER * self.heartbeat:
-            frames.append({"v": 1, "type": "ping", "body": {}})
+        ping = not frames and ping_style != "none" and now - self.last_sent >= PING_AFTER * self.heartbeat
+        if ping:
             self.run.counters["pings"] += 1
-        if frames:
-            asyncio.get_running_loop().create_task(self._send_all(ws, frames))
+            if ping_style == "json":
+                frames.append({"v": 1, "type": "ping", "body": {}})
+        if frames or ping:
+            asyncio.get_running_loop().create_task(self._send_all(ws, frames, ping and ping_style == "websocket"))
 
-    async def _send_all(self, ws: ClientConnection, frames: list[dict[str, Any]]) -> None:
+    async def _send_all(self, ws: ClientConnection, frames: list[dict[str, Any]], control_ping: bool) -> None:
         with contextlib.suppress(ConnectionClosed):
             for frame in frames:
                 await self._send_frame(ws, frame)
+            if control_ping:
+                self.last_sent = asyncio.get_running_loop().time()
+                await ws.ping()
 
     # Results.
 

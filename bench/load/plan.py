@@ -43,7 +43,10 @@ class WorkerPlan:
 
     *rate_per_connection* set means open-loop sending at that rate (messages
     per second per sending connection); ``None`` with *window* means flat out
-    with at most *window* unacked messages per connection.
+    with at most *window* unacked messages per connection. *ping* is how a
+    quiet connection keeps its session: ``json`` (a ``ping`` frame, as a
+    browser must), ``websocket`` (a WebSocket ping control frame, as a native
+    client may) or ``none``.
     """
 
     worker: int
@@ -61,6 +64,7 @@ class WorkerPlan:
     ack_timeout: float = 10.0
     drain_timeout: float = 30.0
     recv_ack_interval: float = 1.0
+    ping: str = "json"
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 

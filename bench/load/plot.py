@@ -58,6 +58,9 @@ def plot_messaging(series: MessagingSeries, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
 
     figure, (over_time, rate, distribution) = plt.subplots(3, 1, figsize=(11, 12))
     figure.suptitle(series.title, fontsize=10)
@@ -76,6 +79,7 @@ def plot_messaging(series: MessagingSeries, path: Path) -> None:
         if xs:
             over_time.plot(xs, ys, style, color="black", linewidth=1, label=label)
     over_time.set_yscale("log")
+    over_time.yaxis.set_major_formatter(plain)
     over_time.set_xlabel("seconds since start (by send time)")
     over_time.set_ylabel("latency (ms, log)")
     over_time.set_title("latency over time")
@@ -103,6 +107,7 @@ def plot_messaging(series: MessagingSeries, path: Path) -> None:
         distribution.plot(xs_c, ys_c, color=color, label=label)
     distribution.set_xscale("log")
     distribution.set_yscale("log")
+    distribution.xaxis.set_major_formatter(plain)
     distribution.set_xlabel("latency (ms, log)")
     distribution.set_ylabel("share of messages slower (log)")
     distribution.set_title("distribution (1 - CDF): 0.01 is p99, 0.001 is p99.9")

@@ -43,6 +43,8 @@ LOGIC_LISTENING = re.compile(r"logic gRPC listening on \S+ \(port (\d+)\)")
 LOGIC_MYSQL = re.compile(r"MySQL store ready")
 LOGIC_RABBITMQ = re.compile(r"connected to RabbitMQ")
 START_TIMEOUT = 60.0
+#: How long production mode waits for MariaDB, RabbitMQ and Redis to accept connections.
+SERVICE_WAIT = 120.0
 STOP_TIMEOUT = 60.0
 #: Lines kept in memory per process (the whole output goes to its log file).
 KEPT_LINES = 2000
@@ -246,6 +248,19 @@ def port_open(port: int, timeout: float = 1.0) -> bool:
         return False
 
 
+async def wait_for_port(name: str, port: int, timeout: float) -> None:
+    """Wait until *name* accepts connections on *port* (another session's test may be restarting it)."""
+    deadline = time.monotonic() + timeout
+    waited = False
+    while not await asyncio.to_thread(port_open, port):
+        if time.monotonic() >= deadline:
+            raise RuntimeError(f"production mode needs {name} on {HOST}:{port}; nothing answered for {timeout:g}s")
+        if not waited:
+            log(f"waiting up to {timeout:g}s for {name} on {HOST}:{port}")
+            waited = True
+        await asyncio.sleep(1.0)
+
+
 def mysql_connect(database: str | None = None) -> Any:
     return pymysql.connect(
         host=HOST,
@@ -309,6 +324,7 @@ class Deployment:
     env: dict[str, str]
     frames_per_second: float
     frame_burst: int
+    idle_timeout: float | None = None
     keep: bool = False
     gateway: ServerProcess | None = None
     logic: ServerProcess | None = None
@@ -356,6 +372,8 @@ class Deployment:
             "--frame-burst",
             str(self.frame_burst),
         ]
+        if self.idle_timeout is not None:
+            argv += ["--idle-timeout", f"{self.idle_timeout:g}"]
         if self.logic is not None:
             argv += ["--logic", f"{HOST}:{self.logic_port}", "--broker", BROKER_URL]
         self.gateway = ServerProcess("gateway", argv, self.workdir / "gateway.log", self.env)
@@ -369,8 +387,7 @@ class Deployment:
 
     async def _start_logic(self) -> None:
         for name, port in (("MariaDB", MYSQL_PORT), ("RabbitMQ", AMQP_PORT), ("Redis", REDIS_PORT)):
-            if not port_open(port):
-                raise RuntimeError(f"production mode needs {name} on {HOST}:{port}")
+            await wait_for_port(name, port, SERVICE_WAIT)
         self.database = f"gochat_bench_{self.run_id}"
         self.persist_queue = f"bench.{self.run_id}.persist"
         self.redis_prefix = f"bench.{self.run_id}:"
@@ -427,7 +444,7 @@ class Deployment:
                 if queue is None:
                     continue
                 status, out = await run_command(["rabbitmqctl", "-q", "delete_queue", queue], 60)
-                if status != 0 and "not_found" not in out and "NOT_FOUND" not in out:
+                if status != 0 and "not found" not in out.lower().replace("_", " "):
                     log(f"could not delete queue {queue}: {out.strip()}")
             if self.redis_prefix is not None:
                 try:

@@ -170,7 +170,7 @@ class WorkerRun:
             await asyncio.sleep(period)
             now = loop.time()
             for client in self.clients:
-                client.tick(now, interval > 0)
+                client.tick(now, interval > 0, self.plan.ping)
                 for message in client.overdue(now):
                     self.counters["ack_timeouts"] += 1
                     client.retry_later(message, 0.0)
