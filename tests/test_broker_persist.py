@@ -81,6 +81,14 @@ class OutageStore(InMemoryMessageStore):
         return super().commit_batch(requests, known_last_seq)
 
 
+class PickyStore(OutageStore):
+    """A store with a column limit: it refuses (at ``check``) message 1002, as MariaDB refuses an over-long value."""
+
+    def check(self, request: PersistRequest) -> None:
+        if request.msg_id == 1002:
+            raise GochatError(ErrorCode.BAD_REQUEST, "message 1002 cannot be stored: body is too long")
+
+
 def request(n: int, kind: str = MessageKind.TEXT, ref_seq: int = 0) -> PersistRequest:
     return PersistRequest(
         msg_id=1000 + n,
@@ -287,3 +295,20 @@ class QueueStopTests(SynchronousTestCase):
         (reply_consumer,) = self.bus.consumers
         self.assertTrue(reply_consumer.cancelled)
         self.clock.advance(60.0)  # the sweeper is stopped and nothing fires twice
+
+
+class PoisonTests(SynchronousTestCase):
+    def test_a_request_the_store_refuses_is_dropped_alone(self) -> None:
+        """It is nacked without requeue, logged, and the requests around it commit and are acked as usual."""
+        clock, bus = Clock(), FakeBus()
+        store = PickyStore()
+        consumer = BrokerPersistConsumer(bus, store, clock, POLICY, lambda items: None)  # type: ignore[arg-type]
+        consumer.startService()
+        (broker,) = bus.consumers
+        for n in (1, 2, 3):
+            broker.handler(delivery(n))
+        clock.advance(POLICY.max_delay)
+        self.assertEqual(broker.nacked, [(2, False, False)])
+        self.assertEqual(broker.acked, [(3, True)])
+        self.assertEqual(sorted(store.messages), [1001, 1003])
+        self.assertEqual(len(self.flushLoggedErrors()), 0)

@@ -9,7 +9,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from gochat.errors import ErrorCode, GochatError
 from gochat.logic.interfaces import Route
 from gochat.logic.memory import InMemoryMessageStore
-from gochat.model import Ack, Delivery, Identity, SendCommand
+from gochat.model import Ack, Delivery, Identity, PersistRequest, SendCommand
 
 from .test_gateway import build_logic
 
@@ -222,6 +222,20 @@ class BadTextTests(ChatTestCase):
         for command in (self.command(self.alice, "bob", "m1", "bad \ud800"), self.command(self.alice, "bob", "\udfff")):
             self.assertEqual(self.error_code(self.logic.send(command)), ErrorCode.BAD_REQUEST)
         d = self.logic.send(self.command(self.alice, "bob", "m2", "fine \N{GRINNING FACE}"))
+        self.clock.advance(0.005)
+        self.assertEqual(self.successResultOf(d).seq, 1)
+
+    def test_what_the_store_cannot_hold_is_refused_alone(self) -> None:
+        """A message the store's check refuses gets bad_request at once, takes no seq, and holds up no other."""
+
+        def check(request: PersistRequest) -> None:
+            if len(request.client_msg_id) > 10:
+                raise GochatError(ErrorCode.BAD_REQUEST, "client_msg_id is longer than 10 characters")
+
+        self.messages.check = check  # type: ignore[method-assign]
+        refused = self.logic.send(self.command(self.alice, "bob", "x" * 11))
+        self.assertEqual(self.error_code(refused), ErrorCode.BAD_REQUEST)
+        d = self.logic.send(self.command(self.alice, "bob", "m1"))
         self.clock.advance(0.005)
         self.assertEqual(self.successResultOf(d).seq, 1)
 

@@ -270,9 +270,21 @@ class BrokerPersistConsumer(Service):
             return
         try:
             self.worker.submit(request, _Delivered(message, reply_to)).addErrback(_log_submit_failure)
-        except GochatError:
-            # The worker's backlog is full: give the message back for later.
-            if self._consumer is not None:
+        except GochatError as error:
+            if self._consumer is None:
+                return
+            if error.code is ErrorCode.BAD_REQUEST:
+                # The store cannot hold it, now or ever: drop it rather than block the queue behind it. Its
+                # submitter checked it before publishing, so only a submitter with other limits sends one.
+                _log.error(
+                    "dropping persist request {msg_id} (tag {tag}) the store refuses: {reason}",
+                    msg_id=request.msg_id,
+                    tag=message.delivery_tag,
+                    reason=error.message,
+                )
+                self._consumer.nack(message, multiple=False, requeue=False)
+            else:
+                # The worker's backlog is full: give the message back for later.
                 self._consumer.nack(message, multiple=False, requeue=True)
 
     def batch_committed(self, items: Sequence[Committed[_Delivered]]) -> None:

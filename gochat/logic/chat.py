@@ -306,6 +306,7 @@ class ChatLogic:
             kind=command.kind,
             ref_seq=command.ref_seq,
         )
+        self.messages.check(request)
         stored = await self.persist.submit(request)
         if (stored.conv, stored.body, stored.kind, stored.ref_seq) != (
             request.conv,
@@ -576,6 +577,7 @@ class ChatLogic:
             origin_session="",
             kind=MessageKind.MEMBER,
         )
+        self.messages.check(request)
         return await self.persist.submit(request)
 
     # History, read receipts, typing, the conversation list.

@@ -50,6 +50,14 @@ class IAccountStore(Protocol):
 class IMessageStore(Protocol):
     """Durable messages, ordered by seq within each conversation."""
 
+    def check(self, request: PersistRequest) -> None:
+        """Raise ``bad_request`` unless *request* can be stored exactly as it is.
+
+        Called before a request is queued, so that a message the store would
+        refuse is refused alone, at once, and never fails the batch it would
+        have shared with others (which the batch writer would retry forever).
+        """
+
     def commit_batch(
         self, requests: Sequence[PersistRequest], known_last_seq: Mapping[str, int]
     ) -> Deferred[Assignment]:

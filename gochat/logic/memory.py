@@ -144,6 +144,9 @@ class InMemoryMessageStore:
         self._heads: dict[tuple[int, str], list[int]] = {}
         self.batches = 0
 
+    def check(self, request: PersistRequest) -> None:
+        """Anything fits in a dict."""
+
     def commit_batch(
         self, requests: Sequence[PersistRequest], known_last_seq: Mapping[str, int]
     ) -> Deferred[Assignment]:

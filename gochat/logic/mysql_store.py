@@ -410,6 +410,10 @@ class MysqlMessageStore:
 
         return _interact(self._pool, insert)
 
+    def check(self, request: PersistRequest) -> None:
+        """:func:`check_fits`."""
+        check_fits(request)
+
     def commit_batch(
         self, requests: Sequence[PersistRequest], known_last_seq: Mapping[str, int]
     ) -> Deferred[Assignment]:

@@ -61,9 +61,12 @@ class PersistWorker(Generic[C]):
     def submit(self, request: PersistRequest, context: C | None = None) -> Deferred[StoredMessage]:
         """Queue *request*; fires with the stored message once its batch has committed.
 
-        Raises :class:`~gochat.errors.GochatError` (``unavailable``) at once
-        when the backlog is full, before anything is queued.
+        Raises :class:`~gochat.errors.GochatError` at once, before anything
+        is queued: ``bad_request`` when the store could not hold the request
+        as it is (so it never fails a batch it shares with others),
+        ``unavailable`` when the backlog is full.
         """
+        self._store.check(request)
         item: Committed[C] = Committed(request, context)
         d = self.writer.add(item)
         return d.addCallback(lambda _: _stored(item))

@@ -26,6 +26,7 @@ from gochat.errors import ErrorCode, GochatError
 from gochat.logic.interfaces import Account, ConversationState, Group, Member, StaleSequenceError
 from gochat.logic.sequencing import Assignment, assign_seqs, conversation_heads
 from gochat.model import MessageKind, PersistRequest, StoredMessage
+from gochat.text import is_encodable
 
 _log = Logger()
 T = TypeVar("T")
@@ -233,6 +234,13 @@ class SqliteMessageStore:
 
     def __init__(self, pool: adbapi.ConnectionPool) -> None:
         self._pool = pool
+
+    def check(self, request: PersistRequest) -> None:
+        """SQLite stores text of any length, but only valid Unicode (no lone surrogates), and 64-bit integers."""
+        texts = (request.conv, request.sender, request.client_msg_id, request.body, request.kind)
+        numbers = (request.msg_id, request.sender_id, request.ts, request.ref_seq)
+        if not all(is_encodable(text) for text in texts) or not all(-(2**63) <= n < 2**63 for n in numbers):
+            raise GochatError(ErrorCode.BAD_REQUEST, f"message {request.msg_id} cannot be stored: not valid text")
 
     def commit_batch(
         self, requests: Sequence[PersistRequest], known_last_seq: Mapping[str, int]

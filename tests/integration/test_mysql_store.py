@@ -212,6 +212,16 @@ class MysqlStoreTests(StoreContract, TestCase):
     async def start_stores(self) -> None:
         await self.start()
 
+    async def test_a_request_that_does_not_fit_is_refused_before_it_joins_a_batch(self) -> None:
+        """The worker refuses it at once with bad_request; the batch writer never sees it, the others commit."""
+        await self.start()
+        with self.assertRaises(GochatError) as raised:
+            self.worker.submit(request(1, cmid="c" * 256))
+        self.assertEqual(raised.exception.code, ErrorCode.BAD_REQUEST)
+        committed = await self.worker.submit(request(2))
+        self.assertEqual(committed.seq, 1)
+        self.assertEqual(self.worker.writer.write_failures, 0)
+
     def kill_pool_connections(self) -> int:
         """``KILL`` every connection open on the test database (the pools'); how many there were."""
         cursor = self.admin.cursor()
