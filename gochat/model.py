@@ -124,6 +124,8 @@ class SignalKind:
 
     TYPING = "typing"
     READ = "read"
+    #: A contact came online (``seq`` 1) or went offline (``seq`` 0); ``conv`` is empty.
+    PRESENCE = "presence"
 
 
 @dataclass(frozen=True)

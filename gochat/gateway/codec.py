@@ -458,6 +458,9 @@ def encode_signal(signal: Signal) -> bytes:
     """``typing`` (someone is typing in ``conv``) or ``receipt`` (someone has read ``conv`` up to ``seq``)."""
     if signal.kind == SignalKind.TYPING:
         return encode_frame("typing", {"conv": signal.conv, "from": signal.username, "ts": signal.ts})
+    if signal.kind == SignalKind.PRESENCE:
+        status = "online" if signal.seq else "offline"
+        return encode_frame("presence", {"user": signal.username, "status": status, "ts": signal.ts})
     return encode_frame("receipt", {"conv": signal.conv, "from": signal.username, "seq": signal.seq, "ts": signal.ts})
 
 

@@ -51,6 +51,7 @@ from gochat.logic.interfaces import (
     Member,
     Route,
 )
+from gochat.logic.presence import PresenceNotifier
 from gochat.logic.sequencing import (
     MessageIdGenerator,
     direct_conversation,
@@ -101,7 +102,10 @@ class ChatSettings:
 
     ``max_group_size`` bounds a group's members, owner included;
     ``recall_window`` and ``edit_window`` (seconds) bound how long after
-    sending a sender may recall or edit a message.
+    sending a sender may recall or edit a message. ``presence_grace`` is how
+    long a user must stay disconnected before contacts are told they went
+    offline, and groups up to ``presence_group_limit`` members share presence
+    transitions (see :mod:`gochat.logic.presence`).
     """
 
     token_ttl: float = 24 * 3600.0
@@ -109,6 +113,8 @@ class ChatSettings:
     max_group_size: int = 2000
     recall_window: float = 120.0
     edit_window: float = 900.0
+    presence_grace: float = 5.0
+    presence_group_limit: int = 100
 
 
 class PasswordHasher:
@@ -181,6 +187,13 @@ class ChatLogic:
         self._in_flight: dict[tuple[int, str], list[Deferred[Ack]]] = {}
         self._ids_by_name: dict[str, int] = {}
         self._names_by_id: dict[int, str] = {}
+        self.presence_notices = PresenceNotifier(
+            routes,
+            deliveries,
+            lambda user_id: self._contacts(user_id, settings.presence_group_limit),
+            clock,
+            settings.presence_grace,
+        )
 
     # Accounts.
 
@@ -225,11 +238,13 @@ class ChatLogic:
     async def _connect(self, token: str, gateway_id: str, session_id: str) -> Identity:
         identity = self._tokens.verify(token, self._clock.seconds())
         await self.routes.add(identity.user_id, Route(gateway_id, session_id))
+        self.presence_notices.connected(identity)
         return identity
 
     def disconnect(self, identity: Identity, gateway_id: str, session_id: str) -> Deferred[None]:
         """Stop routing to a session that closed."""
-        return self.routes.remove(identity.user_id, Route(gateway_id, session_id))
+        d = self.routes.remove(identity.user_id, Route(gateway_id, session_id))
+        return d.addCallback(lambda _: self.presence_notices.disconnected(identity))
 
     def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
         """A gateway's periodic report of its live sessions: their routes stay (or come back, after a Redis loss)."""
@@ -408,15 +423,27 @@ class ChatLogic:
             return fail(GochatError(ErrorCode.BAD_REQUEST, f"ask about at most {MAX_PRESENCE_NAMES} users"))
         return Deferred.fromCoroutine(self._presence(user_id, list(usernames)))
 
-    async def _presence(self, user_id: int, usernames: list[str]) -> dict[str, bool]:
+    def _contacts(self, user_id: int, group_limit: int | None = None) -> Deferred[set[int]]:
+        """Who may see *user_id*'s presence: the other users of their conversations and groups.
+
+        Groups with more than *group_limit* members are left out (all groups when it is None).
+        """
+        return Deferred.fromCoroutine(self._find_contacts(user_id, group_limit))
+
+    async def _find_contacts(self, user_id: int, group_limit: int | None) -> set[int]:
         contacts: set[int] = set()
         for state in await self.messages.conversations(user_id):
             try:
                 contacts.update(participants(state.conv))
             except ValueError:
                 continue
-        for group, _, _ in await self.group_store.groups_of(user_id):
-            contacts.update(m.user_id for m in await self.group_store.members(group.group_id))
+        for group, _, count in await self.group_store.groups_of(user_id):
+            if group_limit is None or count <= group_limit:
+                contacts.update(m.user_id for m in await self.group_store.members(group.group_id))
+        return contacts
+
+    async def _presence(self, user_id: int, usernames: list[str]) -> dict[str, bool]:
+        contacts = await self._contacts(user_id)
         wanted: dict[int, str] = {}
         for name in usernames:
             try:

@@ -33,6 +33,7 @@ from gochat.logic.interfaces import (
 from gochat.logic.memory import InMemoryDeliveryBus, InMemoryRouteStore
 from gochat.logic.passwords import ScryptCost, hash_password, verify_password
 from gochat.logic.persist import PersistService, PersistWorker
+from gochat.logic.presence import PresenceService
 from gochat.logic.sequencing import MessageIdGenerator
 from gochat.logic.sqlite_store import (
     SqliteAccountStore,
@@ -187,6 +188,7 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
         clock=reactor,
         settings=config.chat,
     )
+    children.append(PresenceService(chat.presence_notices))
     if config.grpc_listen is not None:
         children.append(
             GrpcServerService(
