@@ -298,3 +298,5 @@ class ProfileSummaryTests(SynchronousTestCase):
         inclusive = {entry["function"]: entry["percent"] for entry in summary["inclusive"]}
         self.assertEqual(inclusive["run (twisted/app.py)"], 100.0)
         self.assertEqual(inclusive["dataReceived (autobahn/protocol.py)"], 44.4)
+        by_package = {entry["package"]: entry["percent"] for entry in summary["self_by_package"]}
+        self.assertEqual(by_package, {"gochat/gateway": 55.6, "json": 33.3, "autobahn": 11.1})
