@@ -15,13 +15,24 @@ the same port and data directory comes up; both pages must reconnect on
 their own (backoff with jitter), resume with ``sync``, and Alice's waiting
 message must be sent again, stored once, and reach Bob.
 
+Last, a group. Carol logs in on a new device (a fresh context, nothing
+stored): her conversation list comes from ``conversations`` (titled with
+Alice's name) and opening it pages in ``history``. Alice creates a group with
+Bob and Carol from the sidebar; each of them sees it by its name, with the
+"created" note. Messages go both ways; Bob's typing shows on Alice's page;
+Alice's message shows "read by 2" once both have it open (``read`` and
+``receipt``); Alice edits it and the others see the new text marked edited.
+Carol leaves from the group's header (Alice sees the note and the smaller
+member list) and Alice adds her back.
+
 The browser runs in a worker thread (Playwright's synchronous API) while the
 reactor goes on reading the gateway's output; the thread asks the reactor
 to restart the gateway with ``blockingCallFromThread``. Every wait polls a
 condition with a deadline (Playwright's auto-waiting assertions), never a
 fixed sleep. A screenshot of each page is left in the test's temporary
-directory (``web-client-alice.png``, ``web-client-bob.png``);
-``docs/web-client.png`` is a copy of Alice's.
+directory (``web-client-alice.png``, ``web-client-bob.png``), taken with
+the group open on both and Carol typing; ``docs/web-client.png`` is a copy
+of Alice's.
 
 Without Chromium or the playwright package the test is skipped, saying
 which is missing, unless ``GOCHAT_REQUIRE_SERVICES=1`` (as in CI), where it
@@ -146,6 +157,10 @@ class BrowserChatTests(TestCase):
         self.chat_both_ways(alice, bob)
         self.second_conversation(browser, alice, errors)
         self.chat_through_a_restart(alice, bob)
+        carol = self.open_page(browser, "carol", errors)
+        self.log_in(carol, "carol")
+        self.new_device_lists_conversations(carol)
+        self.group_chat(alice, bob, carol)
         for name, page in (("alice", alice), ("bob", bob)):
             page.locator("#message-input").blur()
             page.mouse.move(0, 0)
@@ -246,6 +261,86 @@ class BrowserChatTests(TestCase):
                 "data-presence", "online", timeout=STEP_MS
             )
 
+    def new_device_lists_conversations(self, carol: Any) -> None:
+        """A browser with nothing stored lists the user's conversations by name and loads one's messages on opening."""
+        from playwright.sync_api import expect
+
+        to_alice = carol.locator('.conv[data-peer="alice"]')
+        expect(to_alice.locator(".conv-title")).to_have_text("alice", timeout=STEP_MS)
+        to_alice.click()
+        self.expect_own(carol, 1, "Hello Alice, it's Carol.")
+
+    def group_chat(self, alice: Any, bob: Any, carol: Any) -> None:
+        """A group: created by Alice, chatted in both ways, typing, a read receipt, an edit, a leave and an add."""
+        from playwright.sync_api import expect
+
+        # Alice creates "Lunch crew" with Bob and Carol; it opens, with the "created" note and its members.
+        alice.click("#new-group-toggle")
+        alice.fill("#group-name", "Lunch crew")
+        alice.fill("#group-members", "bob, Carol")
+        alice.click("#create-group-button")
+        expect(alice.locator("#conv-title")).to_have_text("Lunch crew")
+        created = "alice created the group “Lunch crew”."
+        expect(alice.locator("#messages li.note")).to_have_text([created])
+        expect(alice.locator("#conv-presence")).to_have_text("3 members: alice, bob, carol")
+        key = alice.locator("#conversation-pane").get_attribute("data-conv")
+        self.assertRegex(key or "", r"^g:\d+$")
+        group = f'.conv[data-conv="{key}"]'
+
+        # Bob and Carol find it in their lists by its name and open it.
+        for page in (bob, carol):
+            expect(page.locator(f"{group} .conv-title")).to_have_text("Lunch crew")
+            page.click(group)
+            expect(page.locator("#messages li.note")).to_have_text([created])
+
+        # A message each way; both readers have the conversation open, so Alice's shows "read by 2".
+        self.write(alice, "Who's in for lunch?")
+        self.expect_own(alice, 2, "Who's in for lunch?")
+        for page in (bob, carol):
+            self.expect_theirs(page, 2, "alice", "Who's in for lunch?")
+        expect(alice.locator('#messages li.own[data-seq="2"] .receipt')).to_have_text("read by 2")
+
+        # Bob types: Alice sees it until his message arrives.
+        bob.fill("#message-input", "Me!")
+        expect(alice.locator("#typing")).to_have_text("bob is typing…")
+        bob.press("#message-input", "Enter")
+        self.expect_own(bob, 3, "Me!")
+        for page in (alice, carol):
+            self.expect_theirs(page, 3, "bob", "Me!")
+        expect(alice.locator("#typing")).to_have_text("")
+
+        # Alice edits her message (an edit event, seq 4); the others see the new text, marked edited.
+        alice.hover('#messages li.own[data-seq="2"] .body')
+        alice.click('#messages li.own[data-seq="2"] [data-action="edit"]')
+        expect(alice.locator("#message-input")).to_have_value("Who's in for lunch?")
+        self.write(alice, "Who's in for lunch at 12:30?")
+        self.expect_own(alice, 2, "Who's in for lunch at 12:30?")
+        for page in (bob, carol):
+            self.expect_theirs(page, 2, "alice", "Who's in for lunch at 12:30?")
+            expect(page.locator('#messages li[data-seq="2"] .edited')).to_have_text("edited")
+
+        # Carol leaves (two clicks: Leave, then "Really leave?"); Alice adds her back from the header.
+        carol.click("#leave-group")
+        carol.click("#leave-group")
+        expect(carol.locator("#message-input")).to_be_disabled()
+        expect(alice.locator("#messages li.note").last).to_have_text("carol left.")
+        expect(alice.locator("#conv-presence")).to_have_text("2 members: alice, bob")
+        alice.click("#add-member-toggle")
+        alice.fill("#add-member-name", "carol")
+        alice.click("#add-member-button")
+        expect(alice.locator("#messages li.note").last).to_have_text("alice added carol.")
+        expect(alice.locator("#conv-presence")).to_have_text("3 members: alice, bob, carol")
+        expect(carol.locator("#message-input")).to_be_enabled()
+        self.write(carol, "Back, and in!")
+        self.expect_own(carol, 7, "Back, and in!")
+        for page in (alice, bob):
+            self.expect_theirs(page, 7, "carol", "Back, and in!")
+
+        # For the screenshot: Carol is typing again.
+        carol.fill("#message-input", "Count me in for 12:30")
+        for page in (alice, bob):
+            expect(page.locator("#typing")).to_have_text("carol is typing…")
+
     def open_page(self, browser: Any, name: str, errors: list[str]) -> Any:
         """A new browser context (its own storage, as another person's window) showing the login form."""
         context = browser.new_context(viewport={"width": 1000, "height": 620}, locale="en-GB", timezone_id="UTC")
@@ -259,6 +354,12 @@ class BrowserChatTests(TestCase):
         page.fill("#username", username)
         page.fill("#password", PASSWORD)
         page.click("#register-button")
+        self.expect_online(page)
+
+    def log_in(self, page: Any, username: str) -> None:
+        page.fill("#username", username)
+        page.fill("#password", PASSWORD)
+        page.click("#login-button")
         self.expect_online(page)
 
     def write(self, page: Any, text: str) -> None:

@@ -1,26 +1,34 @@
 // gochat's protocol client: the web page's state and its one WebSocket, with no DOM.
 //
-// It speaks version 1 of docs/protocol.md and nothing else: auth, ping, send, sync,
-// recv_ack and presence frames out; auth_ok, pong, ack, push, sync_ok, recv_ack_ok,
-// presence_ok and error frames in. The page (app.js) renders what this module holds
-// and calls its methods; every change is announced with a "change" event.
+// It speaks version 1 of docs/protocol.md and nothing else. Out: auth, ping, send (to a
+// user or into a conversation), edit, recall, sync, recv_ack, read, typing, history,
+// presence, conversations, groups, group_create, group_add, group_leave, group_members.
+// In: their replies, push, typing, receipt and error. The page (app.js) renders what
+// this module holds and calls its methods; every change is announced with a "change"
+// event, and a refusal the page should show for a moment with a "notice" event.
 //
 // Conversations are kept by the `conv` key the server gives ("d:1:2" for a direct
-// chat). A chat the user starts by name has no key until the server acks its first
-// message, so it lives as a draft ("new:bob") until then. Keys of other kinds
-// (groups, later) are held and shown the same way; only sending needs to know the
-// kind, in sendTarget().
+// chat, "g:7" for a group). A chat the user starts by name has no key until the server
+// acks its first message, so it lives as a draft ("new:bob") until then.
 //
-// Delivery: every message gets a random client_msg_id and waits in the outbox,
-// shown as "sending", until its ack (stored, with a seq). Without an ack it is sent
-// again with the same id (on a timeout, after an error that says "retry", after a
-// reconnect); the server stores it once. Only an error that retrying cannot fix
-// marks it "failed".
+// Delivery: every message, edit and recall gets a random client_msg_id and waits in the
+// outbox until its ack (stored, with a seq). Without an ack it is sent again with the
+// same id (on a timeout, after an error that says "retry", after a reconnect); the
+// server stores it once. Only an error that retrying cannot fix marks a message
+// "failed" (an edit or recall is dropped, and the page is told why).
 //
 // Resume: after every (re)connect the client sends auth, then sync with `since` set
 // to the last gap-free seq it has of each conversation, then recv_ack for what it
-// stored. A push that skips a seq triggers a sync of that conversation.
-// Reconnects back off exponentially with jitter.
+// stored; then it asks for its groups and the conversation list (titles, unread
+// counts). A push that skips a seq triggers a sync of that conversation. Reconnects
+// back off exponentially with jitter.
+//
+// Reading: the conversation the page shows, while the window is visible and focused,
+// is marked read (`read`) up to its newest gap-free seq. Unread counts are the other
+// people's text messages after the read position, as the server counts them. Opening a
+// conversation asks for its newest page of `history` once per connection, which fills
+// in what this browser never had and says how far each member has read; older pages
+// come on request (`history` with `before`).
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_BODY_CHARS = 8192;
@@ -32,8 +40,13 @@ const RECONNECT_BASE_MS = 500;
 const RECONNECT_MAX_MS = 30_000;
 const PRESENCE_EVERY_MS = 15_000;
 const RECV_ACK_DELAY_MS = 150; // gather the acks of a burst of pushes into one frame per conversation
+const READ_DELAY_MS = 250; // likewise for read positions
 const GAP_GRACE_MS = 1_500; // a missing seq may still arrive (our own ack, a push in flight) before we sync
-const KEEP_MESSAGES = 500; // per conversation, in memory
+const TYPING_EVERY_MS = 2_000; // send `typing` at most this often per conversation
+const TYPING_MIN_GAP_MS = 1_100; // the server refuses a second `typing` within 1 s
+const TYPING_SHOWN_MS = 4_000; // show "X is typing" this long after their `typing` frame
+const HISTORY_PAGE = 50;
+const KEEP_MESSAGES = 500; // per conversation, in memory (plus the pages the user asked for)
 const STORE_MESSAGES = 200; // per conversation, in localStorage
 const MAX_PRESENCE_NAMES = 500;
 
@@ -45,7 +58,7 @@ const LOGIN_AGAIN = new Map([
   [4402, "Your session has expired. Log in again."],
 ]);
 
-/** An HTTP API error: `code` is the stable error code, `message` is for people. */
+/** An HTTP API error, or a refused request: `code` is the stable error code, `message` is for people. */
 export class ApiError extends Error {
   constructor(status, code, message) {
     super(message);
@@ -115,9 +128,22 @@ export function normaliseName(name) {
   return String(name).trim().toLowerCase();
 }
 
-/** "direct" for "d:<id>:<id>", "draft" for a chat not yet acked, "other" for any key this client has no rules for. */
+/** Names typed by a person ("bob, carol dave"): normalised, each once, in order. */
+export function splitNames(text) {
+  const names = String(text)
+    .split(/[\s,;]+/)
+    .map(normaliseName)
+    .filter((name) => name !== "");
+  return [...new Set(names)];
+}
+
+/**
+ * "direct" for "d:<id>:<id>", "group" for "g:<id>", "draft" for a chat not yet acked,
+ * "other" for any key this client has no rules for.
+ */
 export function conversationKind(key) {
   if (key.startsWith("d:")) return "direct";
+  if (key.startsWith("g:")) return "group";
   if (key.startsWith("new:")) return "draft";
   return "other";
 }
@@ -128,24 +154,70 @@ export function reconnectDelay(attempt, random = Math.random) {
   return Math.round(ceiling / 2 + (random() * ceiling) / 2);
 }
 
-/** One conversation: its messages by seq and how far it is complete. */
+/** What a refused request means, for people (the server's message says the rest). */
+export function describeRefusal(code, message) {
+  switch (code) {
+    case "too_late":
+      return "Too late: the time to change that message has passed.";
+    case "forbidden":
+      return `Not allowed: ${message}`;
+    case "not_member":
+      return "You are not a member of that conversation.";
+    case "unknown_user":
+      return `No such user: ${message}`;
+    case "unknown_message":
+      return "That message does not exist.";
+    case "group_full":
+      return `The group is full: ${message}`;
+    default:
+      return message;
+  }
+}
+
+function maxOf(a, b) {
+  return a === null || a === undefined ? b : Math.max(a, b);
+}
+
+/** One conversation: its messages by seq, how far it is complete, read and known. */
 export class Conversation {
   constructor(key) {
     this.key = key;
     this.kind = conversationKind(key);
     this.peer = null; // the other user's name, for a direct chat, once known
+    this.title = null; // a group's name, once known
+    this.groupId = this.kind === "group" ? Number(key.slice(2)) : null;
+    this.role = null; // the user's role in a group: "owner", "admin" or "member"
+    this.memberCount = null;
+    this.members = null; // the group's member names, once asked for
+    this.left = false; // no longer a member of this group
+    this.membershipSeq = 0; // the seq of the newest membership change this client applied
+    this.membershipStamp = 0; // when it applied one (see ChatClient._groupsReceived)
     this.bySeq = new Map();
     // The last seq this client has with no gap before it: what it sends as `since` and in recv_ack.
     // null until the first message says where this client's copy starts (the server resumes each
     // conversation after the user's last recv_ack, so older messages were seen on another device).
     this.lastSeq = null;
-    this.unread = 0;
+    this.readSeq = 0; // how far the user has read, here or on another device
+    this.readConfirmed = 0; // how far the server has stored it
+    this.unreadBase = null; // {upTo, readSeq, count} from the conversation list, for messages not held
+    this.reads = new Map(); // other members' read positions: username -> seq
+    this.typing = new Map(); // username -> until when (ms) to show them typing
+    this.startReached = false; // no earlier messages to page back to
+    this.loadingEarlier = false;
+    this.keep = KEEP_MESSAGES;
     this.lastActivity = 0;
   }
 
   /** Messages in seq order. */
   get messages() {
     return [...this.bySeq.values()].sort((a, b) => a.seq - b.seq);
+  }
+
+  /** The lowest seq held, or null. */
+  get oldestSeq() {
+    let oldest = null;
+    for (const seq of this.bySeq.keys()) if (oldest === null || seq < oldest) oldest = seq;
+    return oldest;
   }
 
   /**
@@ -192,9 +264,10 @@ export class Conversation {
     this.bySeq.set(message.seq, message);
     while (this.bySeq.has(this.lastSeq + 1)) this.lastSeq += 1;
     this.lastActivity = Math.max(this.lastActivity, message.ts || 0);
-    if (this.bySeq.size > KEEP_MESSAGES) {
+    if (this.bySeq.size > this.keep) {
       const oldest = [...this.bySeq.keys()].sort((a, b) => a - b);
-      for (const seq of oldest.slice(0, this.bySeq.size - KEEP_MESSAGES)) this.bySeq.delete(seq);
+      for (const seq of oldest.slice(0, this.bySeq.size - this.keep)) this.bySeq.delete(seq);
+      this.startReached = false;
     }
     return true;
   }
@@ -235,7 +308,22 @@ export class ChatClient extends EventTarget {
     this.syncAgain = false;
     this.recvAcked = new Map(); // conv -> seq the server confirmed
     this.recvAckInFlight = new Map(); // conv -> seq sent, not yet confirmed
-    this.timers = { reconnect: null, connect: null, heartbeat: null, presence: null, recvAck: null, save: null };
+    this.readInFlight = new Map(); // conv -> seq sent in `read`, not yet confirmed
+    this.opened = new Set(); // conversations whose newest history page was asked for on this connection
+    this.typingSent = new Map(); // conv -> when this client last sent `typing` there
+    this.typingLater = new Map(); // conv -> timer that sends `typing` when the 2 s are over
+    this.stamp = 0; // counts membership changes applied, to tell a stale `groups_ok` from a fresh one
+    this.timers = {
+      reconnect: null,
+      connect: null,
+      heartbeat: null,
+      presence: null,
+      recvAck: null,
+      read: null,
+      groups: null,
+      typing: null,
+      save: null,
+    };
     this.gapTimers = new Map();
     this._load();
   }
@@ -255,8 +343,17 @@ export class ChatClient extends EventTarget {
     for (const timer of this.gapTimers.values()) clearTimeout(timer);
     this.gapTimers.clear();
     for (const entry of this.outbox.values()) clearTimeout(entry.timer);
+    for (const timer of this.typingLater.values()) clearTimeout(timer);
+    this.typingLater.clear();
     this._dropSocket(1000, "logging out");
     this._setStatus("stopped");
+  }
+
+  /** Write what would be saved soon now (the page is going away). */
+  flush() {
+    if (this.timers.save === null) return;
+    this._clearTimer("save");
+    this._save();
   }
 
   /** Forget everything this client stored in the browser for this user (on logout). */
@@ -273,14 +370,15 @@ export class ChatClient extends EventTarget {
     this._connect();
   }
 
-  /** The conversation the page shows; its unread count drops to zero while the page is visible. */
+  /** The conversation the page shows; it is marked read while the page is visible and focused. */
   select(key) {
     this.selected = key;
     this._markSeen();
+    this._openSelected();
     this._changed();
   }
 
-  /** Whether the page is visible (unread counts grow for the shown conversation too while it is not). */
+  /** Whether the page is visible and focused (only then is the shown conversation read). */
   setVisible(visible) {
     this.visible = visible;
     this._markSeen();
@@ -307,7 +405,9 @@ export class ChatClient extends EventTarget {
 
   /** Who a message in `conv` goes to, or null when this client cannot send there. */
   sendTarget(conv) {
-    if ((conv.kind === "direct" || conv.kind === "draft") && conv.peer) return { to: conv.peer };
+    if (conv.kind === "group") return conv.left ? null : { conv: conv.key };
+    if (conv.kind === "direct") return conv.peer ? { to: conv.peer } : { conv: conv.key };
+    if (conv.kind === "draft" && conv.peer) return { to: conv.peer };
     return null;
   }
 
@@ -327,34 +427,145 @@ export class ChatClient extends EventTarget {
       }
       return conv.peer ?? `user #${this.peerId(conv)}`;
     }
+    if (conv.kind === "group") return conv.title ?? `Group #${conv.groupId}`;
     return conv.key;
+  }
+
+  /** How many of the other people's text messages the user has not read in `conv`. */
+  unreadOf(conv) {
+    const me = this.me.name;
+    const read = conv.readSeq;
+    let n = 0;
+    let counted = 0;
+    const base = conv.unreadBase;
+    if (base !== null && read < base.upTo) {
+      // The conversation list counted up to base.upTo; the messages held say the rest.
+      if (read <= base.readSeq) n = base.count;
+      else {
+        for (const m of conv.bySeq.values()) if (m.seq > read && m.seq <= base.upTo && m.from !== me && m.kind === "text") n += 1;
+      }
+      counted = base.upTo;
+    }
+    const after = Math.max(read, counted);
+    for (const m of conv.bySeq.values()) if (m.seq > after && m.from !== me && m.kind === "text") n += 1;
+    return n;
+  }
+
+  /** Who has read message `m` of `conv`: for a direct chat true/false, for a group how many others have. */
+  readBy(conv, m) {
+    if (conv.kind === "group") {
+      let n = 0;
+      for (const [user, seq] of conv.reads) if (user !== m.from && user !== this.me.name && seq >= m.seq) n += 1;
+      return n;
+    }
+    const peer = conv.peer;
+    return peer !== null && peer !== this.me.name && (conv.reads.get(peer) ?? 0) >= m.seq;
+  }
+
+  /** The names shown as typing in `conv` now. */
+  typingIn(conv) {
+    const now = Date.now();
+    return [...conv.typing.entries()].filter(([, until]) => until > now).map(([name]) => name);
+  }
+
+  /** The user is typing in `conv`: tell the others, at most once every 2 s (typing within that is told at its end). */
+  typed(conv) {
+    if (!this.authed || (conv.kind !== "direct" && conv.kind !== "group") || conv.left) return;
+    if (this.typingLater.has(conv.key)) return;
+    const wait = (this.typingSent.get(conv.key) ?? -Infinity) + TYPING_EVERY_MS - Date.now();
+    if (wait > 0) {
+      this.typingLater.set(
+        conv.key,
+        setTimeout(() => {
+          this.typingLater.delete(conv.key);
+          this.typed(conv);
+        }, wait),
+      );
+      return;
+    }
+    this.typingSent.set(conv.key, Date.now());
+    this._sendFrame("typing", { conv: conv.key }); // no id: no reply, and a refusal is nothing to act on
+  }
+
+  /** A message went out: the others stop showing the user typing, so the next keystroke may say so again. */
+  _typingEnded(key) {
+    clearTimeout(this.typingLater.get(key));
+    this.typingLater.delete(key);
+    // The server takes one `typing` a second per conversation: the next may go a second after the last.
+    const last = this.typingSent.get(key);
+    if (last !== undefined) this.typingSent.set(key, last - TYPING_EVERY_MS + TYPING_MIN_GAP_MS);
+  }
+
+  /** Whether older messages of `conv` can be asked for. */
+  canLoadEarlier(conv) {
+    if (conv.kind === "draft" || conv.kind === "other" || conv.left || conv.startReached) return false;
+    const oldest = conv.oldestSeq;
+    return oldest !== null && oldest > 1;
+  }
+
+  /** Ask for the page of messages before the oldest one held. */
+  loadEarlier(conv) {
+    if (!this.canLoadEarlier(conv) || conv.loadingEarlier || !this.authed) return;
+    conv.loadingEarlier = true;
+    const before = conv.oldestSeq;
+    this._sendFrame(
+      "history",
+      { conv: conv.key, before, limit: HISTORY_PAGE },
+      { kind: "history", conv: conv.key, before, limit: HISTORY_PAGE },
+    );
+    this._changed();
+  }
+
+  /** Create a group named `name` with `members` (usernames); resolves to its conversation. */
+  async createGroup(name, members) {
+    const body = await this._request("group_create", { name, members }, { kind: "group_create" });
+    const conv = this._groupInfo(body, null);
+    if (conv === null) throw new ApiError(0, "internal", "The server's answer named no group.");
+    return conv;
+  }
+
+  /** Add `names` to the group `conv`; resolves to the list of members actually added. */
+  async addMembers(conv, names) {
+    const body = await this._request("group_add", { group_id: conv.groupId, users: names }, { kind: "group_add" });
+    this._groupsSoon();
+    return Array.isArray(body.added) ? body.added : [];
+  }
+
+  /** Leave the group `conv`. */
+  async leaveGroup(conv) {
+    await this._request("group_leave", { group_id: conv.groupId }, { kind: "group_leave" });
+    conv.left = true;
+    conv.membershipStamp = ++this.stamp;
+    this._saveSoon();
+    this._changed();
   }
 
   /** Queue `text` for `conv`; it shows as "sending" until acked. Throws RangeError when it is empty or too long. */
   send(conv, text) {
     const target = this.sendTarget(conv);
     if (target === null) throw new RangeError("This client cannot send to this conversation.");
-    if (text.trim() === "") throw new RangeError("Write something first.");
-    const length = codePoints(text);
-    if (length > MAX_BODY_CHARS) throw new RangeError(`Too long: ${length} of at most ${MAX_BODY_CHARS} characters.`);
-    const entry = {
-      clientMsgId: randomId(),
-      conv: conv.key,
-      target,
-      body: text,
-      created: Date.now(),
-      state: "sending",
-      error: null,
-      attempts: 0,
-      requestId: null,
-      timer: null,
-    };
-    this.outbox.set(entry.clientMsgId, entry);
+    checkText(text);
+    const entry = this._queue(conv, target, text, null);
+    this._typingEnded(conv.key);
     conv.lastActivity = Math.max(conv.lastActivity, entry.created);
-    this._transmit(entry);
-    this._saveSoon();
-    this._changed();
     return entry;
+  }
+
+  /** Replace the text of the user's own message at `seq` of `conv` (an `edit`). Throws RangeError like send. */
+  edit(conv, seq, text) {
+    checkText(text);
+    return this._queue(conv, { conv: conv.key }, text, { kind: "edit", seq });
+  }
+
+  /** Withdraw the user's own message at `seq` of `conv` (a `recall`). */
+  recall(conv, seq) {
+    return this._queue(conv, { conv: conv.key }, "", { kind: "recall", seq });
+  }
+
+  /** The edit or recall of `seq` in `conv` waiting for its ack, if any. */
+  changePending(conv, seq) {
+    for (const entry of this.outbox.values()) if (entry.conv === conv.key && entry.change?.seq === seq) return entry;
+    return null;
   }
 
   /** Send a failed message again, as a new message (a refused one was not stored). */
@@ -375,9 +586,9 @@ export class ChatClient extends EventTarget {
     this._changed();
   }
 
-  /** The outbox entries of `conv`, oldest first. */
+  /** The messages of `conv` in the outbox (not its edits and recalls), oldest first. */
   pendingIn(conv) {
-    return [...this.outbox.values()].filter((entry) => entry.conv === conv.key);
+    return [...this.outbox.values()].filter((entry) => entry.conv === conv.key && !entry.change);
   }
 
   // The connection.
@@ -459,13 +670,20 @@ export class ChatClient extends EventTarget {
     this.syncing = false;
     this.syncAgain = false;
     this.awaitingPong = false;
+    const lost = [...this.requests.values()];
     this.requests.clear();
     this.recvAckInFlight.clear();
-    for (const name of ["connect", "heartbeat", "presence", "recvAck"]) this._clearTimer(name);
+    this.readInFlight.clear();
+    this.opened.clear();
+    for (const name of ["connect", "heartbeat", "presence", "recvAck", "read", "groups"]) this._clearTimer(name);
     for (const entry of this.outbox.values()) {
       clearTimeout(entry.timer);
       entry.timer = null;
       entry.requestId = null;
+    }
+    for (const conv of this.conversations.values()) conv.loadingEarlier = false;
+    for (const request of lost) {
+      request.reject?.(new ApiError(0, "network", "The connection was lost. Try again when it is back."));
     }
   }
 
@@ -488,6 +706,10 @@ export class ChatClient extends EventTarget {
     this._changed();
   }
 
+  _notice(message) {
+    this.dispatchEvent(new CustomEvent("notice", { detail: { message } }));
+  }
+
   // Frames.
 
   _sendFrame(type, body, request) {
@@ -501,6 +723,17 @@ export class ChatClient extends EventTarget {
     }
     this.ws.send(JSON.stringify(frame));
     return id;
+  }
+
+  /** Send a request whose reply the caller waits for: resolves to the reply's body, rejects with an ApiError. */
+  _request(type, body, request) {
+    return new Promise((resolve, reject) => {
+      if (!this.authed) {
+        reject(new ApiError(0, "network", "Not connected. Try again when the connection is back."));
+        return;
+      }
+      this._sendFrame(type, body, { ...request, resolve, reject });
+    });
   }
 
   _frameReceived(frame) {
@@ -530,8 +763,29 @@ export class ChatClient extends EventTarget {
       case "recv_ack_ok":
         if (request?.kind === "recv_ack") this._recvAckConfirmed(request.conv, request.seq);
         break;
+      case "read_ok":
+        if (request?.kind === "read") this._readConfirmed(request.conv, body.seq);
+        break;
       case "presence_ok":
         this._presenceReceived(body);
+        break;
+      case "receipt":
+        this._receiptReceived(body);
+        break;
+      case "typing":
+        this._typingReceived(body);
+        break;
+      case "history_ok":
+        if (request?.kind === "history") this._historyReceived(body, request);
+        break;
+      case "conversations_ok":
+        this._conversationsReceived(body);
+        break;
+      case "groups_ok":
+        if (request?.kind === "groups") this._groupsReceived(body, request.stamp);
+        break;
+      case "group_members_ok":
+        this._membersReceived(body);
         break;
       case "error":
         this._errorReceived(body, request, frame.id);
@@ -539,6 +793,7 @@ export class ChatClient extends EventTarget {
       default:
         break; // Frame types this client does not know are ignored, as the protocol asks of both sides.
     }
+    if (request?.resolve && frame.type !== "error") request.resolve(body);
   }
 
   _authenticated(body) {
@@ -595,7 +850,13 @@ export class ChatClient extends EventTarget {
       this.attempt = 0; // a full resume: the connection works, so the next loss starts the backoff afresh
       for (const entry of this.outbox.values()) if (entry.state === "sending") this._transmit(entry);
       this._pollPresence();
+      // Names, unread counts and conversations this browser has not seen yet.
+      this._sendFrame("groups", {}, { kind: "groups", stamp: this.stamp });
+      this._sendFrame("conversations", {}, { kind: "conversations" });
+      this._openSelected();
+      this._readSoon();
     }
+    this._markSeen();
     this._saveSoon();
     this._changed();
   }
@@ -607,11 +868,12 @@ export class ChatClient extends EventTarget {
     // A live message from someone last seen offline: ask again rather than show them offline until the next poll.
     if (body.from !== this.me.name && this.presence.get(body.from) === "offline") this._presenceSoon();
     this._recvAckSoon();
+    this._markSeen();
     this._saveSoon();
     this._changed();
   }
 
-  /** Keep a message from a push or a sync reply; returns its conversation. */
+  /** Keep a message from a push, a sync or a history reply; returns its conversation. */
   _store(message) {
     const conv = this._conversation(message.conv);
     const own = message.from === this.me.name;
@@ -624,7 +886,7 @@ export class ChatClient extends EventTarget {
       if (entry) this._settle(entry, conv);
     }
     const kind = typeof message.kind === "string" ? message.kind : "text";
-    const added = conv.add({
+    const stored = {
       seq: message.seq,
       msgId: String(message.msg_id ?? ""),
       from: String(message.from ?? ""),
@@ -633,9 +895,39 @@ export class ChatClient extends EventTarget {
       clientMsgId: String(message.client_msg_id ?? ""),
       kind,
       refSeq: Number.isInteger(message.ref_seq) ? message.ref_seq : null,
-    });
-    if (added && !own && kind === "text" && !(this.visible && this.selected === conv.key)) conv.unread += 1;
+    };
+    if (conv.add(stored)) {
+      if (kind === "text") conv.typing.delete(stored.from);
+      if (kind === "member") this._membershipChanged(conv, stored);
+    }
     return conv;
+  }
+
+  /** A membership note: follow whether the user is still in the group, and ask for fresh names and counts. */
+  _membershipChanged(conv, m) {
+    let change = null;
+    try {
+      change = JSON.parse(m.body);
+    } catch {
+      change = null;
+    }
+    if (m.seq > conv.membershipSeq && change && typeof change === "object") {
+      conv.membershipSeq = m.seq;
+      const me = this.me.name;
+      const users = Array.isArray(change.users) ? change.users : [];
+      if ((change.action === "left" || change.action === "removed") && change.user === me) conv.left = true;
+      else if (change.action === "created" || (change.action === "added" && users.includes(me))) {
+        conv.left = false;
+        // The user sees the group from here on: what came before is not missing, it is not theirs.
+        if (conv.lastSeq < m.seq) {
+          conv.lastSeq = m.seq;
+          while (conv.bySeq.has(conv.lastSeq + 1)) conv.lastSeq += 1;
+        }
+      }
+      if (change.action === "created" && conv.title === null && typeof change.name === "string") conv.title = change.name;
+      conv.membershipStamp = ++this.stamp;
+    }
+    this._groupsSoon();
   }
 
   _acked(body) {
@@ -652,11 +944,12 @@ export class ChatClient extends EventTarget {
         body: entry.body,
         ts: Number(body.ts) || Date.now(),
         clientMsgId: entry.clientMsgId,
-        kind: "text",
-        refSeq: null,
+        kind: entry.change ? entry.change.kind : "text",
+        refSeq: entry.change ? entry.change.seq : null,
       });
     }
     this._recvAckSoon();
+    this._markSeen();
     this._saveSoon();
     this._changed();
   }
@@ -672,6 +965,10 @@ export class ChatClient extends EventTarget {
     const code = typeof body.code === "string" ? body.code : "internal";
     const message = typeof body.message === "string" ? body.message : code;
     if (!request) return; // rate_limited and bad_frame without an id: the ack timeouts resend what was dropped.
+    if (request.reject) {
+      request.reject(new ApiError(0, code, describeRefusal(code, message)));
+      return;
+    }
     if (request.kind === "send") {
       const entry = this.outbox.get(request.clientMsgId);
       if (!entry || entry.requestId !== requestId) return; // about an attempt a later one replaced
@@ -679,6 +976,12 @@ export class ChatClient extends EventTarget {
       entry.requestId = null;
       if (RETRYABLE.has(code)) {
         entry.timer = setTimeout(() => this._transmit(entry), Math.min(ACK_TIMEOUT_MS, 1_000 * entry.attempts));
+      } else if (entry.change) {
+        // An edit or recall the server refused (too_late, forbidden...): it did not happen; say why.
+        this.outbox.delete(entry.clientMsgId);
+        this._notice(describeRefusal(code, message));
+        this._saveSoon();
+        this._changed();
       } else {
         entry.state = "failed";
         entry.error = message;
@@ -693,10 +996,40 @@ export class ChatClient extends EventTarget {
       setTimeout(() => this._sync(), 2_000);
     } else if (request.kind === "recv_ack") {
       this.recvAckInFlight.delete(request.conv);
+    } else if (request.kind === "read") {
+      this.readInFlight.delete(request.conv);
+    } else if (request.kind === "history") {
+      const conv = this.conversations.get(request.conv);
+      if (conv) {
+        conv.loadingEarlier = false;
+        if (code === "not_member") conv.startReached = true;
+        this._changed();
+      }
     }
   }
 
   // Sending.
+
+  _queue(conv, target, text, change) {
+    const entry = {
+      clientMsgId: randomId(),
+      conv: conv.key,
+      target,
+      body: text,
+      change,
+      created: Date.now(),
+      state: "sending",
+      error: null,
+      attempts: 0,
+      requestId: null,
+      timer: null,
+    };
+    this.outbox.set(entry.clientMsgId, entry);
+    this._transmit(entry);
+    this._saveSoon();
+    this._changed();
+    return entry;
+  }
 
   _transmit(entry) {
     if (!this.outbox.has(entry.clientMsgId) || entry.state !== "sending") return;
@@ -704,11 +1037,14 @@ export class ChatClient extends EventTarget {
     entry.timer = null;
     if (!this.authed) return; // sent after the next sync
     entry.attempts += 1;
-    entry.requestId = this._sendFrame(
-      "send",
-      { client_msg_id: entry.clientMsgId, ...entry.target, body: entry.body },
-      { kind: "send", clientMsgId: entry.clientMsgId },
-    );
+    let type = "send";
+    let body = { client_msg_id: entry.clientMsgId, ...entry.target, body: entry.body };
+    if (entry.change) {
+      type = entry.change.kind;
+      body = { client_msg_id: entry.clientMsgId, conv: entry.conv, seq: entry.change.seq };
+      if (type === "edit") body.body = entry.body;
+    }
+    entry.requestId = this._sendFrame(type, body, { kind: "send", clientMsgId: entry.clientMsgId });
     const wait = Math.min(MAX_ACK_TIMEOUT_MS, ACK_TIMEOUT_MS * 2 ** (entry.attempts - 1));
     entry.timer = setTimeout(() => this._transmit(entry), wait);
   }
@@ -720,6 +1056,7 @@ export class ChatClient extends EventTarget {
     if (!conv) {
       conv = new Conversation(key);
       this.conversations.set(key, conv);
+      if (conv.kind === "group") this._groupsSoon();
     }
     return conv;
   }
@@ -742,9 +1079,122 @@ export class ChatClient extends EventTarget {
     if (this.selected === draftKey) this.selected = conv.key;
   }
 
-  _markSeen() {
+  /** The shown conversation, on this connection for the first time: its newest page, and a group's members. */
+  _openSelected() {
     const conv = this.selected === null ? null : this.conversations.get(this.selected);
-    if (conv && this.visible) conv.unread = 0;
+    if (!conv || !this.synced || this.opened.has(conv.key)) return;
+    if (conv.kind !== "direct" && conv.kind !== "group") return;
+    this.opened.add(conv.key);
+    if (conv.left) return;
+    this._sendFrame("history", { conv: conv.key, limit: HISTORY_PAGE }, { kind: "history", conv: conv.key, before: null, limit: HISTORY_PAGE });
+    if (conv.kind === "group") this._sendFrame("group_members", { group_id: conv.groupId }, { kind: "group_members" });
+  }
+
+  _historyReceived(body, request) {
+    const conv = this.conversations.get(request.conv);
+    if (!conv) return;
+    const messages = (Array.isArray(body.messages) ? body.messages : []).filter(
+      (m) => m && m.conv === conv.key && Number.isInteger(m.seq),
+    );
+    if (request.before !== null) {
+      conv.loadingEarlier = false;
+      conv.keep += messages.length; // the user asked for them: do not trim them away at once
+    }
+    for (const message of messages) this._store(message);
+    if (messages.length < request.limit || conv.oldestSeq === 1) conv.startReached = true;
+    this._readsReceived(conv, body.reads);
+    if (conv.hasGap) this._gapSeen(conv);
+    this._recvAckSoon();
+    this._markSeen();
+    this._saveSoon();
+    this._changed();
+  }
+
+  _readsReceived(conv, reads) {
+    if (!reads || typeof reads !== "object") return;
+    for (const [user, seq] of Object.entries(reads)) {
+      if (!Number.isInteger(seq)) continue;
+      if (user === this.me.name) this._readConfirmed(conv.key, seq);
+      else conv.reads.set(user, maxOf(conv.reads.get(user), seq));
+    }
+  }
+
+  _conversationsReceived(body) {
+    for (const item of Array.isArray(body.convs) ? body.convs : []) {
+      if (!item || typeof item.conv !== "string" || conversationKind(item.conv) === "draft") continue;
+      const conv = this._conversation(item.conv);
+      const title = typeof item.title === "string" ? item.title : null;
+      if (conv.kind === "direct" && conv.peer === null && title !== null && !title.startsWith("#")) {
+        if (this.peerId(conv) === this.me.id) conv.peer = this.me.name;
+        else this._learnPeer(conv, title);
+      } else if (conv.kind === "group" && title !== null) {
+        conv.title = title;
+      }
+      const lastSeq = Number.isInteger(item.last_seq) ? item.last_seq : 0;
+      const readSeq = Number.isInteger(item.read_seq) ? item.read_seq : 0;
+      const unread = Number.isInteger(item.unread) ? item.unread : 0;
+      conv.unreadBase = { upTo: lastSeq, readSeq, count: unread };
+      this._readConfirmed(conv.key, readSeq);
+    }
+    this._markSeen();
+    this._saveSoon();
+    this._changed();
+  }
+
+  /**
+   * A group the user is in, from group_create_ok (`stamp` null) or from a groups_ok asked for at
+   * `stamp`, which says nothing of membership changes applied since; returns its conversation.
+   */
+  _groupInfo(group, stamp) {
+    if (!group || typeof group.conv !== "string" || conversationKind(group.conv) !== "group") return null;
+    const conv = this._conversation(group.conv);
+    if (typeof group.name === "string") conv.title = group.name;
+    if (typeof group.role === "string") conv.role = group.role;
+    if (Number.isInteger(group.members)) conv.memberCount = group.members;
+    if (Number.isInteger(group.group_id)) conv.groupId = group.group_id;
+    if (stamp === null) {
+      conv.left = false;
+      conv.membershipStamp = ++this.stamp;
+    } else if (conv.membershipStamp <= stamp) conv.left = false;
+    if (typeof group.created_at === "number") conv.lastActivity = Math.max(conv.lastActivity, group.created_at * 1000);
+    this._saveSoon();
+    this._changed();
+    return conv;
+  }
+
+  _groupsReceived(body, stamp) {
+    const listed = new Set();
+    for (const group of Array.isArray(body.groups) ? body.groups : []) {
+      const conv = this._groupInfo(group, stamp);
+      if (conv !== null) listed.add(conv.key);
+    }
+    // A group not listed is one the user left, unless a membership change came after the request was sent.
+    for (const conv of this.conversations.values()) {
+      if (conv.kind === "group" && !listed.has(conv.key) && conv.membershipStamp <= stamp) conv.left = true;
+    }
+    this._saveSoon();
+    this._changed();
+  }
+
+  _membersReceived(body) {
+    if (!Number.isInteger(body.group_id) || !Array.isArray(body.members)) return;
+    const conv = this.conversations.get(`g:${body.group_id}`);
+    if (!conv) return;
+    conv.members = body.members.filter((m) => m && typeof m.user === "string").map((m) => m.user);
+    conv.memberCount = conv.members.length;
+    this._changed();
+  }
+
+  /** Ask for the groups (names, roles, counts) and the shown group's members again, soon. */
+  _groupsSoon() {
+    if (!this.synced || this.timers.groups !== null) return;
+    this._setTimer("groups", 300, () => {
+      this._sendFrame("groups", {}, { kind: "groups", stamp: this.stamp });
+      const conv = this.selected === null ? null : this.conversations.get(this.selected);
+      if (conv?.kind === "group" && !conv.left) {
+        this._sendFrame("group_members", { group_id: conv.groupId }, { kind: "group_members" });
+      }
+    });
   }
 
   _gapSeen(conv) {
@@ -758,7 +1208,7 @@ export class ChatClient extends EventTarget {
     );
   }
 
-  // Receipts.
+  // Receipts: recv_ack (what this browser has) and read (what the user has seen).
 
   _recvAckSoon() {
     if (this.timers.recvAck === null) this._setTimer("recvAck", RECV_ACK_DELAY_MS, () => this._sendRecvAcks());
@@ -780,6 +1230,87 @@ export class ChatClient extends EventTarget {
   _recvAckConfirmed(key, seq) {
     if (seq > (this.recvAcked.get(key) ?? 0)) this.recvAcked.set(key, seq);
     if ((this.recvAckInFlight.get(key) ?? 0) <= seq) this.recvAckInFlight.delete(key);
+  }
+
+  /** The shown conversation, if the user can see it, is read up to its newest gap-free seq. */
+  _markSeen() {
+    const conv = this.selected === null ? null : this.conversations.get(this.selected);
+    if (!conv || !this.visible || conv.kind === "draft" || conv.lastSeq === null) return;
+    if (conv.lastSeq > conv.readSeq) {
+      conv.readSeq = conv.lastSeq;
+      this._saveSoon();
+    }
+    this._readSoon();
+  }
+
+  _readSoon() {
+    if (this.timers.read === null) this._setTimer("read", READ_DELAY_MS, () => this._sendReads());
+  }
+
+  /** Tell the server how far the user has read, where that passes something of someone else's. */
+  _sendReads() {
+    if (!this.synced) return;
+    for (const conv of this.conversations.values()) {
+      if ((conv.kind !== "direct" && conv.kind !== "group") || conv.left) continue;
+      const from = Math.max(conv.readConfirmed, this.readInFlight.get(conv.key) ?? 0);
+      if (conv.readSeq <= from || !this._othersBetween(conv, from, conv.readSeq)) continue;
+      this.readInFlight.set(conv.key, conv.readSeq);
+      this._sendFrame("read", { conv: conv.key, seq: conv.readSeq }, { kind: "read", conv: conv.key, seq: conv.readSeq });
+    }
+  }
+
+  /** Whether `conv` has something from someone else after `from` up to `to` (else reading it tells nobody anything). */
+  _othersBetween(conv, from, to) {
+    const base = conv.unreadBase;
+    if (base !== null && base.count > 0 && from < base.upTo) return true;
+    for (const m of conv.bySeq.values()) if (m.seq > from && m.seq <= to && m.from !== this.me.name) return true;
+    return false;
+  }
+
+  _readConfirmed(key, seq) {
+    const conv = this.conversations.get(key);
+    if (!conv || !Number.isInteger(seq)) return;
+    conv.readConfirmed = Math.max(conv.readConfirmed, seq);
+    conv.readSeq = Math.max(conv.readSeq, seq);
+    if ((this.readInFlight.get(key) ?? 0) <= seq) this.readInFlight.delete(key);
+  }
+
+  _receiptReceived(body) {
+    const conv = typeof body.conv === "string" ? this.conversations.get(body.conv) : undefined;
+    if (!conv || typeof body.from !== "string" || !Number.isInteger(body.seq)) return;
+    if (body.from === this.me.name) this._readConfirmed(conv.key, body.seq); // read on another device
+    else conv.reads.set(body.from, maxOf(conv.reads.get(body.from), body.seq));
+    this._saveSoon();
+    this._changed();
+  }
+
+  // Typing.
+
+  _typingReceived(body) {
+    const conv = typeof body.conv === "string" ? this.conversations.get(body.conv) : undefined;
+    if (!conv || typeof body.from !== "string" || body.from === this.me.name) return;
+    conv.typing.set(body.from, Date.now() + TYPING_SHOWN_MS);
+    this._typingTimer();
+    this._changed();
+  }
+
+  /** Re-render when the next "is typing" runs out. */
+  _typingTimer() {
+    const now = Date.now();
+    let next = null;
+    for (const conv of this.conversations.values()) {
+      for (const [name, until] of conv.typing) {
+        if (until <= now) conv.typing.delete(name);
+        else next = next === null ? until : Math.min(next, until);
+      }
+    }
+    if (next === null) this._clearTimer("typing");
+    else {
+      this._setTimer("typing", next - now + 20, () => {
+        this._typingTimer();
+        this._changed();
+      });
+    }
   }
 
   // Presence.
@@ -806,7 +1337,7 @@ export class ChatClient extends EventTarget {
     this._changed();
   }
 
-  /** "online", "offline", or "unknown" (never asked, or the server would not say). */
+  /** "online", "offline", or "unknown" (never asked, a group, or the server would not say). */
   presenceOf(conv) {
     if (conv.peer === null) return "unknown";
     if (conv.peer === this.me.name) return this.status.state === "online" ? "online" : "unknown";
@@ -829,6 +1360,13 @@ export class ChatClient extends EventTarget {
       if (typeof saved?.key !== "string" || conversationKind(saved.key) === "draft") continue;
       const conv = this._conversation(saved.key);
       conv.peer = typeof saved.peer === "string" ? saved.peer : null;
+      if (typeof saved.title === "string") conv.title = saved.title;
+      if (typeof saved.role === "string") conv.role = saved.role;
+      conv.left = saved.left === true;
+      if (Number.isInteger(saved.membershipSeq)) conv.membershipSeq = saved.membershipSeq;
+      if (Number.isInteger(saved.readSeq)) conv.readSeq = saved.readSeq;
+      if (Number.isInteger(saved.readConfirmed)) conv.readConfirmed = saved.readConfirmed;
+      if (typeof saved.lastActivity === "number") conv.lastActivity = saved.lastActivity;
       for (const m of Array.isArray(saved.messages) ? saved.messages : []) {
         if (Number.isInteger(m?.seq)) conv.add({ ...m });
       }
@@ -839,7 +1377,7 @@ export class ChatClient extends EventTarget {
     const outbox = readJson(this.tabStorage, this._outboxKey);
     for (const saved of Array.isArray(outbox) ? outbox : []) {
       if (typeof saved?.clientMsgId !== "string" || typeof saved.conv !== "string") continue;
-      const entry = { ...saved, attempts: 0, requestId: null, timer: null };
+      const entry = { change: null, ...saved, attempts: 0, requestId: null, timer: null };
       this.outbox.set(entry.clientMsgId, entry);
       if (!this.conversations.has(entry.conv)) {
         const draft = this._conversation(entry.conv);
@@ -857,15 +1395,28 @@ export class ChatClient extends EventTarget {
     if (this.stopped) return;
     const convs = [];
     for (const conv of this.conversations.values()) {
-      if (conv.kind === "draft" || conv.lastSeq === null) continue;
-      convs.push({ key: conv.key, peer: conv.peer, lastSeq: conv.lastSeq, messages: conv.messages.slice(-STORE_MESSAGES) });
+      if (conv.kind === "draft" || (conv.lastSeq === null && conv.kind !== "group")) continue;
+      convs.push({
+        key: conv.key,
+        peer: conv.peer,
+        title: conv.title,
+        role: conv.role,
+        left: conv.left,
+        membershipSeq: conv.membershipSeq,
+        readSeq: conv.readSeq,
+        readConfirmed: conv.readConfirmed,
+        lastActivity: conv.lastActivity,
+        lastSeq: conv.lastSeq,
+        messages: conv.messages.slice(-STORE_MESSAGES),
+      });
     }
     writeJson(this.storage, this._historyKey, { convs });
-    const outbox = [...this.outbox.values()].map(({ clientMsgId, conv, target, body, created, state, error }) => ({
+    const outbox = [...this.outbox.values()].map(({ clientMsgId, conv, target, body, change, created, state, error }) => ({
       clientMsgId,
       conv,
       target,
       body,
+      change,
       created,
       state,
       error,
@@ -893,6 +1444,12 @@ export class ChatClient extends EventTarget {
   }
 }
 
+function checkText(text) {
+  if (text.trim() === "") throw new RangeError("Write something first.");
+  const length = codePoints(text);
+  if (length > MAX_BODY_CHARS) throw new RangeError(`Too long: ${length} of at most ${MAX_BODY_CHARS} characters.`);
+}
+
 /** A membership note (a message of `kind` "member", whose body is JSON) in words. */
 export function describeMember(message) {
   let change;
@@ -907,13 +1464,13 @@ export function describeMember(message) {
     case "created":
       return `${by} created the group${typeof change.name === "string" ? ` “${change.name}”` : ""}.`;
     case "added":
-      return `${by} added ${users || "someone"}.`;
+      return `${by} added ${users || "someone"}${change.role === "admin" ? " as admin" : ""}.`;
     case "removed":
       return `${by} removed ${change.user ?? "someone"}.`;
     case "left":
-      return `${change.user ?? by} left.`;
+      return `${change.user ?? by} left${typeof change.owner === "string" ? `; ${change.owner} is the owner now` : ""}.`;
     case "role":
-      return `${by} made ${change.user ?? "someone"} ${change.role ?? "a member"}.`;
+      return `${by} made ${change.user ?? "someone"} ${change.role === "owner" ? "the owner" : (change.role ?? "a member")}.`;
     default:
       return "The membership changed.";
   }
