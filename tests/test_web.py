@@ -4,6 +4,10 @@ Requests go through the gateway's real site (``_site``) as raw HTTP bytes
 on a ``StringTransport``, so path parsing, unquoting and the mounts of
 ``/api`` and ``/ws`` are those a browser meets. Time is a ``Clock``; there
 are no sockets.
+
+``ClientLogicTests`` run the page's protocol client (``client.js``) in Node,
+when it is installed, feeding it server frames and reading the frames it
+sends: unread counts, read receipts, typing, edits and group membership.
 """
 
 from __future__ import annotations
@@ -11,13 +15,16 @@ from __future__ import annotations
 import json
 import pathlib
 import re
+import shutil
+import subprocess
+import textwrap
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python import usage
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from gochat.gateway import service, tap, web
 from gochat.gateway.hub import GatewayHub
@@ -355,3 +362,223 @@ class OptionTests(SynchronousTestCase):
     def test_malformed_origin_is_a_usage_error(self) -> None:
         with self.assertRaisesRegex(usage.UsageError, "--allowed-origin"):
             self.parse("--allowed-origin", "chat.example.com")
+
+
+#: What each script below starts with: client.js as a module, a socket that records frames, and a client.
+CLIENT_PRELUDE = """
+import assert from "node:assert/strict";
+import * as gochat from "./client.mjs";
+
+globalThis.WebSocket = { OPEN: 1 };
+const sent = [];
+function frames(type) {
+  const found = sent.filter((f) => f.type === type);
+  sent.splice(0, sent.length, ...sent.filter((f) => f.type !== type));
+  return found.map((f) => f.body);
+}
+function newClient(userId, username) {
+  const client = new gochat.ChatClient({ token: "t", userId, username, expiresAt: null }, { url: "ws://x/ws" });
+  client.ws = { readyState: 1, send: (text) => sent.push(JSON.parse(text)), close() {} };
+  client.authed = true;
+  client._frameReceived({ v: 1, type: "sync_ok", id: "r0", body: { complete: true, convs: [] } });
+  client.stop = () => {};
+  frames("groups");
+  frames("conversations");
+  return client;
+}
+let seq = 0;
+function push(client, conv, from, body, extra = {}) {
+  seq = extra.seq ?? seq + 1;
+  const message = { msg_id: String(seq), conv, seq, from, client_msg_id: `c${seq}`, body, ts: 1, kind: "text" };
+  Object.assign(message, extra);
+  client._frameReceived({ v: 1, type: "push", body: message });
+}
+"""
+
+
+class ClientLogicTests(SynchronousTestCase):
+    """client.js's state, without a browser: Node runs it against recorded frames (skipped without Node)."""
+
+    def run_script(self, script: str) -> None:
+        node = shutil.which("node")
+        if node is None:
+            raise SkipTest("these tests run client.js in Node, which is not installed")
+        directory = pathlib.Path(self.mktemp())
+        directory.mkdir(parents=True)
+        (directory / "client.mjs").write_bytes((STATIC / "client.js").read_bytes())
+        # The client's timers (presence polls, heartbeats) would keep Node running: exit once the script is through.
+        source = CLIENT_PRELUDE + textwrap.dedent(script) + "\nprocess.exit(0);\n"
+        (directory / "test.mjs").write_text(source, encoding="utf-8")
+        result = subprocess.run(
+            [node, "test.mjs"], cwd=directory, capture_output=True, text=True, timeout=30, check=False
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+
+    def test_unread_counts_follow_the_read_position(self) -> None:
+        """The list's counts, then pushes: others' text counts, own messages and edits do not; reading clears it."""
+        self.run_script("""
+            const client = newClient(1, "alice");
+            client.setVisible(true);
+            client._frameReceived({ v: 1, type: "conversations_ok", id: "x", body: { convs: [
+              { conv: "d:1:2", title: "bob", last_seq: 3, read_seq: 1, unread: 2 },
+              { conv: "d:1:3", title: "#3", last_seq: 0, read_seq: 0, unread: 0 },
+            ] } });
+            const conv = client.conversations.get("d:1:2");
+            assert.equal(client.title(conv), "bob");
+            assert.equal(client.title(client.conversations.get("d:1:3")), "user #3");
+            assert.equal(client.unreadOf(conv), 2);
+            seq = 3;
+            push(client, "d:1:2", "bob", "one more");
+            push(client, "d:1:2", "alice", "from my phone");
+            push(client, "d:1:2", "bob", "one more!", { kind: "edit", ref_seq: 4 });
+            assert.equal(client.unreadOf(conv), 3);
+            client.select("d:1:2");
+            assert.equal(client.unreadOf(conv), 0);
+            client._sendReads();
+            assert.deepEqual(frames("read"), [{ conv: "d:1:2", seq: 6 }]);
+            // Read on another device: the count follows its receipt.
+            push(client, "d:1:3", "carol", "hi");
+            assert.equal(client.unreadOf(client.conversations.get("d:1:3")), 1);
+            client._frameReceived({ v: 1, type: "receipt", body: { conv: "d:1:3", from: "alice", seq: seq, ts: 1 } });
+            assert.equal(client.unreadOf(client.conversations.get("d:1:3")), 0);
+        """)
+
+    def test_only_a_visible_conversation_is_read(self) -> None:
+        """Hidden or unfocused, the open conversation counts unread, and no read is sent for it."""
+        self.run_script("""
+            const client = newClient(1, "alice");
+            push(client, "d:1:2", "bob", "hi");
+            client.setVisible(false);
+            client.select("d:1:2");
+            push(client, "d:1:2", "bob", "there?");
+            client._sendReads();
+            assert.equal(client.unreadOf(client.conversations.get("d:1:2")), 2);
+            assert.deepEqual(frames("read"), []);
+            client.setVisible(true);
+            client._sendReads();
+            assert.deepEqual(frames("read"), [{ conv: "d:1:2", seq: 2 }]);
+            // Nothing of anyone else's since: no read to send for one's own message.
+            push(client, "d:1:2", "alice", "yes");
+            client._readConfirmed("d:1:2", 2);
+            client._sendReads();
+            assert.deepEqual(frames("read"), []);
+        """)
+
+    def test_edits_and_recalls_apply_to_their_seq(self) -> None:
+        self.run_script("""
+            const conv = new gochat.Conversation("g:1");
+            const base = { msgId: "", clientMsgId: "", ts: 1, refSeq: null };
+            conv.add({ ...base, seq: 3, from: "a", body: "third", kind: "recall", refSeq: 2 });
+            conv.add({ ...base, seq: 1, from: "a", body: "first", kind: "text" });
+            conv.add({ ...base, seq: 2, from: "a", body: "second", kind: "text" });
+            conv.add({ ...base, seq: 4, from: "a", body: "first!", kind: "edit", refSeq: 1 });
+            assert.deepEqual(
+              conv.shown.map((m) => [m.seq, m.body, m.edited, m.recalled]),
+              [[1, "first!", true, false], [2, "", false, true]],
+            );
+            assert.equal(conv.lastSeq, 4);
+        """)
+
+    def test_receipts_say_who_has_read(self) -> None:
+        """A direct chat's message is read when the other has read its seq; a group's counts the others who have."""
+        self.run_script("""
+            const client = newClient(1, "alice");
+            const created = JSON.stringify({ action: "created", name: "team", by: "alice" });
+            push(client, "g:7", "alice", created, { kind: "member", seq: 1 });
+            push(client, "g:7", "alice", "lunch?", { seq: 2 });
+            const group = client.conversations.get("g:7");
+            assert.equal(client.title(group), "team");
+            const message = group.shown[1];
+            assert.equal(client.readBy(group, message), 0);
+            client._frameReceived({ v: 1, type: "receipt", body: { conv: "g:7", from: "bob", seq: 2, ts: 1 } });
+            client._frameReceived({ v: 1, type: "receipt", body: { conv: "g:7", from: "carol", seq: 1, ts: 1 } });
+            assert.equal(client.readBy(group, message), 1);
+            client._historyReceived(
+              { conv: "g:7", messages: [], reads: { alice: 2, bob: 2, carol: 2 } },
+              { kind: "history", conv: "g:7", before: null, limit: 50 },
+            );
+            assert.equal(client.readBy(group, message), 2);
+            push(client, "d:1:2", "alice", "hi", { seq: 1 });
+            const direct = client.conversations.get("d:1:2");
+            assert.equal(client.readBy(direct, direct.shown[0]), false);
+            client._frameReceived({ v: 1, type: "receipt", body: { conv: "d:1:2", from: "bob", seq: 1, ts: 1 } });
+            assert.equal(client.readBy(direct, direct.shown[0]), true);
+        """)
+
+    def test_typing_is_sent_at_most_every_two_seconds(self) -> None:
+        """Keystrokes within 2 s send one typing frame, and one more when the 2 s are over; a send resets it."""
+        self.run_script("""
+            let now = 1_000_000;
+            Date.now = () => now;
+            const timers = new Map(); // a clock the test turns: each timer runs when the test says
+            let lastTimer = 0;
+            globalThis.setTimeout = (callback) => {
+              timers.set(++lastTimer, callback);
+              return lastTimer;
+            };
+            globalThis.clearTimeout = (id) => timers.delete(id);
+            const client = newClient(1, "alice");
+            push(client, "d:1:2", "bob", "hi");
+            const conv = client.conversations.get("d:1:2");
+            client.typed(conv);
+            now += 500;
+            client.typed(conv);
+            client.typed(conv);
+            assert.deepEqual(frames("typing"), [{ conv: "d:1:2" }]);
+            now += 1_500; // the 2 s are over: the keystrokes since are told once
+            timers.get(client.typingLater.get("d:1:2"))();
+            assert.deepEqual(frames("typing"), [{ conv: "d:1:2" }]);
+            now += 2_100;
+            client.send(conv, "done");
+            now += 1_200; // a message went: typing may be told again a second after the last
+            client.typed(conv);
+            assert.deepEqual(frames("typing"), [{ conv: "d:1:2" }]);
+            // Someone else typing shows for 4 s, and stops with their message.
+            client._frameReceived({ v: 1, type: "typing", body: { conv: "d:1:2", from: "bob", ts: 1 } });
+            assert.deepEqual(client.typingIn(conv), ["bob"]);
+            push(client, "d:1:2", "bob", "ok");
+            assert.deepEqual(client.typingIn(conv), []);
+            client._frameReceived({ v: 1, type: "typing", body: { conv: "d:1:2", from: "bob", ts: 1 } });
+            now += 4_100;
+            assert.deepEqual(client.typingIn(conv), []);
+        """)
+
+    def test_membership_follows_the_notes_and_a_stale_group_list(self) -> None:
+        """Leaving closes the group; a groups_ok asked for before a change does not undo it; being added reopens it."""
+        self.run_script("""
+            const client = newClient(2, "bob");
+            const note = (action, extra) => JSON.stringify({ action, by: "alice", ...extra });
+            push(client, "g:3", "alice", note("created", { name: "team" }), { kind: "member", seq: 1 });
+            const conv = client.conversations.get("g:3");
+            assert.equal(conv.left, false);
+            assert.deepEqual(client.sendTarget(conv), { conv: "g:3" });
+            const stamp = client.stamp;
+            push(client, "g:3", "alice", note("removed", { user: "bob" }), { kind: "member", seq: 2 });
+            assert.equal(conv.left, true);
+            assert.equal(client.sendTarget(conv), null);
+            const group = { group_id: 3, conv: "g:3", name: "team", members: 2, role: "member", created_at: 1 };
+            const listed = { groups: [group] };
+            client._groupsReceived(listed, stamp);
+            assert.equal(conv.left, true, "a list from before the removal");
+            // Added again after messages the user was not there for: those are not missing.
+            push(client, "g:3", "alice", note("added", { users: ["bob"], role: "member" }), { kind: "member", seq: 9 });
+            assert.equal(conv.left, false);
+            assert.equal(conv.lastSeq, 9);
+            assert.equal(conv.hasGap, false);
+            client._groupsReceived({ groups: [] }, client.stamp);
+            assert.equal(conv.left, true, "a fresh list without the group");
+        """)
+
+    def test_names_and_notes_for_people(self) -> None:
+        self.run_script("""
+            assert.deepEqual(gochat.splitNames(" Bob, carol;bob  DAVE "), ["bob", "carol", "dave"]);
+            const note = (change) =>
+              gochat.describeMember({ from: "alice", body: JSON.stringify({ by: "alice", ...change }) });
+            assert.equal(note({ action: "created", name: "team" }), "alice created the group “team”.");
+            assert.equal(note({ action: "added", users: ["bob", "carol"], role: "member" }), "alice added bob, carol.");
+            assert.equal(note({ action: "left", user: "alice", owner: "bob" }), "alice left; bob is the owner now.");
+            assert.equal(note({ action: "role", user: "bob", role: "admin" }), "alice made bob admin.");
+            assert.equal(gochat.describeMember({ from: "x", body: "not json" }), "The membership changed.");
+            const late = "Too late: the time to change that message has passed.";
+            assert.equal(gochat.describeRefusal("too_late", "x"), late);
+        """)

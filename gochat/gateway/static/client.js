@@ -3,7 +3,7 @@
 // It speaks version 1 of docs/protocol.md and nothing else. Out: auth, ping, send (to a
 // user or into a conversation), edit, recall, sync, recv_ack, read, typing, history,
 // presence, conversations, groups, group_create, group_add, group_leave, group_members.
-// In: their replies, push, typing, receipt and error. The page (app.js) renders what
+// In: their replies, push, typing, receipt, presence and error. The page (app.js) renders what
 // this module holds and calls its methods; every change is announced with a "change"
 // event, and a refusal the page should show for a moment with a "notice" event.
 //
@@ -458,8 +458,8 @@ export class ChatClient extends EventTarget {
       for (const [user, seq] of conv.reads) if (user !== m.from && user !== this.me.name && seq >= m.seq) n += 1;
       return n;
     }
-    const peer = conv.peer;
-    return peer !== null && peer !== this.me.name && (conv.reads.get(peer) ?? 0) >= m.seq;
+    for (const [user, seq] of conv.reads) if (user !== this.me.name && seq >= m.seq) return true;
+    return false;
   }
 
   /** The names shown as typing in `conv` now. */
@@ -768,6 +768,10 @@ export class ChatClient extends EventTarget {
         break;
       case "presence_ok":
         this._presenceReceived(body);
+        break;
+      case "presence":
+        // A contact came online or went offline (pushed; the presence_ok poll covers what came before).
+        if (typeof body.user === "string") this._presenceReceived({ users: { [body.user]: body.status } });
         break;
       case "receipt":
         this._receiptReceived(body);
