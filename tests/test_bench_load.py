@@ -13,6 +13,7 @@ from bench.load.plan import Account, ConnectionPlan, WorkerPlan, WorkerResult
 from bench.load.profile import summarize
 from bench.load.scenarios import SCENARIOS, Idle, Rate, ScenarioOptions, split_units
 from bench.load.stats import (
+    VIA_FINAL_SYNC,
     VIA_PUSH,
     VIA_SYNC,
     LatencySummary,
@@ -138,6 +139,13 @@ class JoinTests(SynchronousTestCase):
         )
         self.assertEqual((counts.delivered, counts.delivered_by_push, counts.delivered_by_sync), (2, 1, 1))
         self.assertEqual(counts.missing_pushes, 1)
+
+    def test_late_deliveries_found_by_the_final_sync_are_not_missing(self) -> None:
+        counts = join(
+            [sent("alice", "a1", 0.0, 2.0, "11"), sent("alice", "a2", 0.0, 2.0, "12")],
+            [received(2, "alice", "a1", "11", 0.1), received(2, "alice", "a2", "12", 40.0, None, VIA_FINAL_SYNC)],
+        )
+        self.assertEqual((counts.delivered_by_push, counts.delivered_by_final_sync, counts.missing_pushes), (1, 1, 0))
 
     def test_refusals_are_counted_by_code(self) -> None:
         refused = SentRecord("alice", 1, "a1", 0.0, None, None, 1, "bad_request", 1)

@@ -27,7 +27,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from bench.load.plan import ConnectionPlan
-from bench.load.stats import VIA_PUSH, VIA_SYNC, ReceivedRecord, SentRecord
+from bench.load.stats import VIA_FINAL_SYNC, VIA_PUSH, VIA_SYNC, ReceivedRecord, SentRecord
 
 #: Errors after which a send is retried with the same client_msg_id; any other code refuses the message.
 RETRYABLE = frozenset({"unavailable", "shutting_down", "rate_limited", "internal"})
@@ -37,6 +37,8 @@ FATAL_CLOSE_CODES = frozenset({4401, 4402, 4403})
 PING_AFTER = 0.9
 MAX_SYNC_ROUNDS = 100
 SYNC_LIMIT = 1000
+#: Retries after an error back off exponentially per message, from the first delay up to this one (seconds).
+MAX_RETRY_DELAY = 5.0
 
 
 class RunContext(Protocol):
@@ -138,6 +140,8 @@ class Client:
         self.convs: dict[str, ConversationState] = {}
         self.dirty: set[str] = set()
         self.out_of_order = 0
+        #: Set for the final sync: pushes from then on are neither recorded nor counted as had.
+        self.books_closed = False
         self._numbers = 0
         self._replies: dict[str, asyncio.Future[dict[str, Any]]] = {}
 
@@ -253,7 +257,17 @@ class Client:
             if not message.retry_pending:
                 await self.transmit(message)
 
-    async def _sync(self) -> None:
+    async def final_sync(self) -> None:
+        """Close the books (later pushes and acks are ignored) and ``sync`` what has not been pushed yet.
+
+        The worker closes every client's books before any of them syncs, so no
+        message is acked to its sender after its recipient's sync was answered.
+        """
+        self.books_closed = True
+        if self.ws is not None and self.ready.is_set():
+            await self._sync(VIA_FINAL_SYNC)
+
+    async def _sync(self, via: str = VIA_SYNC) -> None:
         since = {conv: state.prefix for conv, state in self.convs.items()}
         for _ in range(MAX_SYNC_ROUNDS):
             reply = await self.request("sync", {"since": since, "limit": SYNC_LIMIT})
@@ -266,7 +280,7 @@ class Client:
             for conv in body.get("convs", []):
                 messages = conv.get("messages", [])
                 for message in messages:
-                    self._synced(message)
+                    self._synced(message, via)
                 if not conv.get("complete", True) and messages:
                     since[conv["conv"]] = int(messages[-1]["seq"])
             if body.get("complete", True) or not since:
@@ -384,7 +398,7 @@ class Client:
             if message is None or message.cmid not in self.unacked:
                 return
             if code in RETRYABLE:
-                self.retry_later(message, 0.2 if code == "rate_limited" else 0.1)
+                self.retry_later(message, min(MAX_RETRY_DELAY, 0.1 * 2 ** max(0, message.attempts - 1)))
             else:
                 message.refused = code
                 del self.unacked[message.cmid]
@@ -395,6 +409,9 @@ class Client:
             self.run.counters[f"unexpected:{kind}"] += 1
 
     def _acked(self, body: dict[str, Any]) -> None:
+        if self.books_closed:
+            self.run.counters["acks_after_final_sync"] += 1
+            return
         message = self.unacked.pop(str(body.get("client_msg_id")), None)
         if message is None:
             self.run.counters["late_acks"] += 1
@@ -413,6 +430,9 @@ class Client:
         return state
 
     def _pushed(self, body: dict[str, Any]) -> None:
+        if self.books_closed:
+            self.run.counters["pushes_after_final_sync"] += 1
+            return
         now_ns = time.monotonic_ns()
         conv = str(body["conv"])
         seq = int(body["seq"])
@@ -435,7 +455,7 @@ class Client:
             )
         )
 
-    def _synced(self, message: dict[str, Any]) -> None:
+    def _synced(self, message: dict[str, Any], via: str) -> None:
         conv = str(message["conv"])
         seq = int(message["seq"])
         state = self._conversation(conv)
@@ -453,7 +473,7 @@ class Client:
                 str(message.get("msg_id")),
                 None,
                 time.monotonic() - self.run.start,
-                VIA_SYNC,
+                via,
             )
         )
 

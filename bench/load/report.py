@@ -38,7 +38,8 @@ def summary(result: dict[str, Any]) -> str:
         lines.append(
             f"  messages: sent {messages['sent']:,}  acked {messages['acked']:,}  unacked {messages['unacked']:,}  "
             f"refused {messages['refused']:,}  retries {messages['attempts'] - messages['sent']:,}  "
-            f"delivered {messages['delivered']:,} ({messages['delivered_by_sync']:,} by sync)"
+            f"delivered {messages['delivered']:,} ({messages['delivered_by_sync']:,} by sync after a reconnect, "
+            f"{messages['delivered_by_final_sync']:,} not pushed by the end of the drain)"
         )
     loss = result.get("loss")
     if loss:

@@ -70,9 +70,12 @@ class SentRecord:
         )
 
 
-#: How a message reached a recipient: a live push, or a ``sync`` after a reconnect.
+#: How a message reached a recipient: a live push, a ``sync`` after a reconnect, or the ``sync`` every client
+#: makes when the drain after the window ends with deliveries still missing (the message was not pushed in time,
+#: but the recipient can have it: not lost).
 VIA_PUSH = "push"
 VIA_SYNC = "sync"
+VIA_FINAL_SYNC = "final_sync"
 
 
 @dataclass(frozen=True)
@@ -203,7 +206,9 @@ class DeliveryCounts:
     """Messages offered, acked and delivered, joined by (sender, client_msg_id).
 
     ``missing_pushes``: expected deliveries (acked messages times their
-    recipients) that no recipient reported; ``duplicate_pushes``: a recipient
+    recipients) that no recipient reported, by push or by sync, even after
+    the final sync; ``delivered_by_final_sync``: deliveries not pushed by the
+    end of the drain that the final sync found; ``duplicate_pushes``: a recipient
     got the same message more than once; ``unexpected``: received messages no
     sender reported (another run's, or a bug).
     """
@@ -217,6 +222,7 @@ class DeliveryCounts:
     delivered: int = 0
     delivered_by_push: int = 0
     delivered_by_sync: int = 0
+    delivered_by_final_sync: int = 0
     missing_pushes: int = 0
     duplicate_pushes: int = 0
     unexpected: int = 0
@@ -252,6 +258,7 @@ def join(sent: Iterable[SentRecord], received: Iterable[ReceivedRecord]) -> Deli
             counts.refusals[record.refused] += 1
     seen: set[tuple[str, str, int]] = set()
     delivered_per_key: Counter[tuple[str, str]] = Counter()
+    via: Counter[str] = Counter()
     for item in received:
         key = (item.sender, item.cmid)
         found = by_key.get(key)
@@ -265,11 +272,11 @@ def join(sent: Iterable[SentRecord], received: Iterable[ReceivedRecord]) -> Deli
         if found.msg_id is not None and found.msg_id != item.msg_id:
             counts.msg_id_mismatches += 1
         counts.delivered += 1
-        if item.via == VIA_SYNC:
-            counts.delivered_by_sync += 1
-        else:
-            counts.delivered_by_push += 1
+        via[item.via] += 1
         delivered_per_key[key] += 1
+    counts.delivered_by_sync = via[VIA_SYNC]
+    counts.delivered_by_final_sync = via[VIA_FINAL_SYNC]
+    counts.delivered_by_push = counts.delivered - counts.delivered_by_sync - counts.delivered_by_final_sync
     for key, record in by_key.items():
         if record.msg_id is not None:
             counts.missing_pushes += max(0, record.recipients - delivered_per_key.get(key, 0))

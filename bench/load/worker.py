@@ -132,7 +132,8 @@ class WorkerRun:
             await asyncio.sleep(max(0.0, deadline - loop.time()))
             self.window_cpu = cpu_seconds() - cpu_start
             await asyncio.gather(*senders)
-            await self._drain(loop.time() + self.plan.drain_timeout)
+            if not await self._drain(loop.time() + self.plan.drain_timeout):
+                await self._final_sync()
         finally:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -175,15 +176,32 @@ class WorkerRun:
                     self.counters["ack_timeouts"] += 1
                     client.retry_later(message, 0.0)
 
-    async def _drain(self, until: float) -> None:
-        """Wait for every message to be acked (or refused) and every expected push, or until *until*."""
+    async def _drain(self, until: float) -> bool:
+        """Wait for every message to be acked (or refused) and every expected push; False if *until* came first."""
         loop = asyncio.get_running_loop()
         while loop.time() < until:
             unacked = sum(len(c.unacked) for c in self.clients)
             if unacked == 0 and len(self.received) >= self.expected_deliveries:
-                return
+                return True
             await asyncio.sleep(0.05)
         self.counters["drain_timeouts"] += 1
+        return False
+
+    async def _final_sync(self) -> None:
+        """Every client syncs what it was not pushed: late deliveries are told apart from lost ones."""
+        self.counters["final_syncs"] += 1
+        for client in self.clients:
+            client.books_closed = True
+        limit = asyncio.Semaphore(50)
+
+        async def one(client: Client) -> None:
+            async with limit:
+                try:
+                    await client.final_sync()
+                except (ConnectionError, TimeoutError):
+                    self.counters["final_sync_failures"] += 1
+
+        await asyncio.gather(*(one(client) for client in self.clients))
 
     def result(self) -> WorkerResult:
         sent = [record.to_wire() for client in self.clients for record in client.sent_records()]
