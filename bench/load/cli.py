@@ -194,6 +194,9 @@ class WorkerProcess:
         self.failed = 0
         self.ready: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self.result: asyncio.Future[WorkerResult] = asyncio.get_running_loop().create_future()
+        for future in (self.ready, self.result):
+            # A run that stops early never awaits them: their failure is reported by the run, not by asyncio.
+            future.add_done_callback(lambda f: None if f.cancelled() else f.exception())
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -706,6 +709,11 @@ def messaging_figures(state: RunState, figures: Aggregate, result: dict[str, Any
         failures.append("no message was acked")
     # Unacked messages are not lost (no promise was made; a client would retry them): reported, not failed.
     failures.extend(f"{name} = {value}" for name, value in result["loss"].items() if value and name != "unacked")
+    unsynced = result["counters"].get("final_sync_failures", 0)
+    if figures.counts.missing_pushes and unsynced:
+        failures.append(
+            f"the final sync failed for {unsynced} client(s): the missing pushes may be late rather than lost"
+        )
     if storage is None and (state.options.url is None or state.options.database):
         failures.append("nothing verified in the database")
     if result["ordering"]["out_of_order"]:

@@ -39,6 +39,8 @@ MAX_SYNC_ROUNDS = 100
 SYNC_LIMIT = 1000
 #: Retries after an error back off exponentially per message, from the first delay up to this one (seconds).
 MAX_RETRY_DELAY = 5.0
+#: The longest an attempt waits for its ack before the message is sent again (seconds).
+MAX_ACK_TIMEOUT = 60.0
 
 
 class RunContext(Protocol):
@@ -72,6 +74,7 @@ class Outgoing:
     conv: str | None = None
     refused: str | None = None
     retry_pending: bool = False
+    timeouts: int = 0
 
 
 @dataclass(slots=True)
@@ -360,7 +363,7 @@ class Client:
         message.retry_pending = True
 
         def fire() -> None:
-            if message.cmid in self.unacked:
+            if message.cmid in self.unacked and not self.books_closed:
                 asyncio.get_running_loop().create_task(self.transmit(message))
             else:
                 message.retry_pending = False
@@ -368,9 +371,23 @@ class Client:
         asyncio.get_running_loop().call_later(delay * self.rng.uniform(0.5, 1.5), fire)
 
     def overdue(self, now: float) -> list[Outgoing]:
-        """Unacked messages whose last attempt is older than the ack timeout."""
-        limit = now - self.run.ack_timeout
-        return [m for m in self.unacked.values() if not m.retry_pending and m.attempts and m.last_attempt < limit]
+        """Unacked messages whose last attempt has waited longer than their ack timeout.
+
+        The timeout doubles with each one a message has had (up to
+        :data:`MAX_ACK_TIMEOUT`), so that an overloaded server is not buried
+        under resends of what it is still working on. Nothing is overdue once
+        the books are closed.
+        """
+        if self.books_closed:
+            return []
+        overdue = []
+        for m in self.unacked.values():
+            if m.retry_pending or not m.attempts:
+                continue
+            if now - m.last_attempt > min(MAX_ACK_TIMEOUT, self.run.ack_timeout * 2**m.timeouts):
+                m.timeouts += 1
+                overdue.append(m)
+        return overdue
 
     # Frames in.
 

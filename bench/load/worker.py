@@ -27,6 +27,8 @@ from bench.load.stats import ReceivedRecord
 
 #: How often the connect phase reports progress (seconds).
 PROGRESS_EVERY = 0.5
+#: Slices of the clients served in turn by the ticker (see :meth:`WorkerRun._ticker`).
+TICK_SLICES = 10
 
 
 def raise_open_files_limit() -> int:
@@ -163,18 +165,26 @@ class WorkerRun:
                     next_at += interval
 
     async def _ticker(self) -> None:
-        """Pings, recv_acks and the resend of overdue messages, for every client, once per period."""
+        """Pings, recv_acks and the resend of overdue messages, for every client once per period.
+
+        The clients are dealt into :data:`TICK_SLICES` slices served one after
+        the other through the period, so that their recv_acks and pings are
+        spread over time as those of independent clients would be, rather than
+        arriving at the server in one burst per period.
+        """
         loop = asyncio.get_running_loop()
         interval = self.plan.recv_ack_interval
         period = interval if 0 < interval < 1.0 else 1.0
+        tick = 0
         while True:
-            await asyncio.sleep(period)
+            await asyncio.sleep(period / TICK_SLICES)
             now = loop.time()
-            for client in self.clients:
+            for client in self.clients[tick % TICK_SLICES :: TICK_SLICES]:
                 client.tick(now, interval > 0, self.plan.ping)
                 for message in client.overdue(now):
                     self.counters["ack_timeouts"] += 1
                     client.retry_later(message, 0.0)
+            tick += 1
 
     async def _drain(self, until: float) -> bool:
         """Wait for every message to be acked (or refused) and every expected push; False if *until* came first."""
