@@ -7,6 +7,7 @@ without it the run still writes its JSON and says the plot was skipped.
 
 from __future__ import annotations
 
+import importlib.util
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,11 +40,7 @@ class IdleSeries:
 
 
 def matplotlib_available() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("matplotlib") is not None
 
 
 def _thin(points: Sequence[tuple[float, float]], limit: int, seed: int = 1) -> list[tuple[float, float]]:
@@ -54,11 +51,11 @@ def _thin(points: Sequence[tuple[float, float]], limit: int, seed: int = 1) -> l
 
 def plot_messaging(series: MessagingSeries, path: Path) -> None:
     """Three panels: latency over time (samples, per-second p50 and p99), throughput, distribution (CCDF)."""
-    import matplotlib
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]  # the bench extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
+    from matplotlib.ticker import FuncFormatter  # type: ignore[import-not-found,unused-ignore]
 
     plain = FuncFormatter(lambda value, _: f"{value:g}")
 
@@ -121,10 +118,10 @@ def plot_messaging(series: MessagingSeries, path: Path) -> None:
 
 def plot_idle(series: IdleSeries, path: Path) -> None:
     """Connections open and gateway RSS over time, while the connections open and then idle."""
-    import matplotlib
+    import matplotlib  # type: ignore[import-not-found,unused-ignore]  # the bench extra
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # type: ignore[import-not-found,unused-ignore]
 
     figure, connections = plt.subplots(1, 1, figsize=(11, 5))
     figure.suptitle(series.title, fontsize=10)
