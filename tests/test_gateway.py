@@ -337,6 +337,8 @@ class ResumeTests(GatewayTestCase):
 
         bob.send_json("recv_ack", {"conv": conv["conv"], "seq": 100}, "k")
         self.flush()
+        self.assertEqual(bob.received, [], "answered once the hub's tick has handed it to logic")
+        self.tick(self.hub.wheel.tick)
         self.assertEqual(bob.pop()["type"], "recv_ack_ok")
         other_device = self.login("bob")
         other_device.send_json("sync", {}, "y2")
@@ -374,6 +376,7 @@ class ResumeTests(GatewayTestCase):
         carol.send_json("sync", {"since": {"d:1:2": 0}}, "y")
         carol.send_json("recv_ack", {"conv": "d:1:2", "seq": 1}, "k")
         self.flush()
+        self.tick(self.hub.wheel.tick)
         self.assertEqual(carol.pop()["body"], {"complete": True, "convs": []})
         self.assertEqual(carol.pop()["type"], "recv_ack_ok")
         bob = self.login("bob")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -24,9 +26,19 @@ def frame(frame_type: str, body: dict[str, object] | None = None, request_id: st
 
 
 class Observer:
-    def __init__(self) -> None:
+    """The hub's part: session bookkeeping, and recv_acks passed straight on to logic."""
+
+    def __init__(self, logic: Any = None) -> None:
         self.opened: list[Session] = []
         self.closed: list[Session] = []
+        self.logic = logic
+
+    def flush_received(self) -> None:
+        pass
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        d: Deferred[None] = self.logic.record_received(user_id, conv, seq)
+        return d
 
     def session_opened(self, session: Session) -> None:
         self.opened.append(session)
@@ -46,7 +58,7 @@ class SessionTestCase(SynchronousTestCase):
         self.wheel: HashedWheel[Session] = HashedWheel(0.5, 64, self.clock.seconds())
         self.transport = RecordingTransport()
         self.logic = ScriptedLogic()
-        self.observer = Observer()
+        self.observer = Observer(self.logic)
         self.session = Session(
             "s1", "gw1", self.transport, self.logic, self.wheel, self.observer, self.limits, self.clock.seconds()
         )

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from gochat.errors import CLOSE_SHUTTING_DOWN
 from gochat.gateway import codec
 from gochat.gateway.logic_client import ILogicClient, Subscription
+from gochat.gateway.receipts import ReceiptCoalescer
 from gochat.gateway.session import Session, SessionLimits, SessionTransport
 from gochat.model import Delivery
 from gochat.wheel import HashedWheel
@@ -77,6 +78,7 @@ class GatewayHub:
         self._incarnation = secrets.token_hex(4)
         self._subscription: Subscription | None = None
         self.frames_prepared = 0
+        self.receipts = ReceiptCoalescer(logic.record_received)
         self._drain_waiters: list[Deferred[None]] = []
 
     def start(self) -> None:
@@ -88,6 +90,7 @@ class GatewayHub:
         if self._subscription is not None:
             self._subscription.cancel()
             self._subscription = None
+        self.receipts.flush()
         for session in list(self._live.values()):
             session.close(CLOSE_SHUTTING_DOWN, "gateway shutting down; reconnect")
 
@@ -143,11 +146,19 @@ class GatewayHub:
     def session_closed(self, session: Session) -> None:
         self.sessions.pop(session.session_id, None)
 
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        return self.receipts.received(user_id, conv, seq)
+
+    def flush_received(self) -> None:
+        self.receipts.flush()
+
     # Timers
 
     def tick(self) -> None:
-        """Advance the wheel to now and act on every deadline that passed; report live sessions now and then."""
+        """Advance the wheel to now and act on every deadline that passed; hand logic the recv_acks that came;
+        report live sessions now and then."""
         now = self._clock.seconds()
+        self.receipts.flush()
         if now >= self._next_refresh and not self._refreshing:
             self._next_refresh = now + self._route_refresh
             self._refresh_routes()

@@ -95,6 +95,13 @@ class SessionObserver(Protocol):
     def session_closed(self, session: Session) -> None:
         """The session ended; it receives nothing more."""
 
+    def flush_received(self) -> None:
+        """Hand logic the recv_acks held so far (before a sync, so it resumes after them)."""
+
+    def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        """A ``recv_ack``: fires once logic has recorded it (the hub coalesces them; see
+        :mod:`gochat.gateway.receipts`)."""
+
 
 class Session(WheelTimer["Session"]):
     """One client connection's protocol logic.
@@ -393,6 +400,7 @@ class Session(WheelTimer["Session"]):
             return
         assert self.identity is not None
         self._held = []
+        self._observer.flush_received()
         d = self._logic.sync(self.identity.user_id, request.since, request.limit)
         d.addCallbacks(self._synced, self._sync_failed, callbackArgs=(request_id,), errbackArgs=(request_id,))
 
@@ -430,7 +438,7 @@ class Session(WheelTimer["Session"]):
 
     def _recv_ack(self, request: codec.RecvAckRequest, request_id: str | None) -> None:
         assert self.identity is not None
-        d = self._logic.record_received(self.identity.user_id, request.conv, request.seq)
+        d = self._observer.record_received(self.identity.user_id, request.conv, request.seq)
         if request_id is not None:
             d.addCallback(lambda _: self._send(codec.encode_frame("recv_ack_ok", {}, request_id)))
         d.addErrback(self._send_failed, request_id)
