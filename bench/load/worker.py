@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import random
 import resource
@@ -121,6 +122,12 @@ class WorkerRun:
         loop = asyncio.get_running_loop()
         self.start = start
         ticker = asyncio.create_task(self._ticker())
+        # The records pile up through the run, and a full collection over them stalled this process for up
+        # to 80 ms, which showed up as server latency. They hold no cycles: collect now, keep what exists out
+        # of later collections, and collect nothing until the books are written.
+        gc.collect()
+        gc.freeze()
+        gc.disable()
         try:
             delay = start - loop.time()
             if delay > 0:
@@ -137,6 +144,7 @@ class WorkerRun:
             if not await self._drain(loop.time() + self.plan.drain_timeout):
                 await self._final_sync()
         finally:
+            gc.enable()
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
