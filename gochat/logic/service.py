@@ -68,7 +68,7 @@ class LogicConfig:
     redis_key_prefix: str = "gochat:"
     token_secret_file: str = ""
     grpc_listen: str | None = "127.0.0.1:9090"
-    grpc_workers: int = 256
+    grpc_workers: int = 1024
     node_id: int = 0
     persist_queue: str = "gochat.persist"
     batch: BatchPolicy = field(default_factory=BatchPolicy)

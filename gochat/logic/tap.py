@@ -69,7 +69,7 @@ class Options(usage.Options):
         [
             "grpc-workers",
             None,
-            256,
+            1024,
             "gRPC server worker threads; all but 8 may wait on sends, so sends never starve other calls.",
             int,
         ],
