@@ -78,7 +78,7 @@ class GatewayHub:
         self._incarnation = secrets.token_hex(4)
         self._subscription: Subscription | None = None
         self.frames_prepared = 0
-        self.receipts = ReceiptCoalescer(logic.record_received)
+        self.receipts = ReceiptCoalescer(lambda user_id, conv, seq: self.logic.record_received(user_id, conv, seq))
         self._drain_waiters: list[Deferred[None]] = []
 
     def start(self) -> None:
