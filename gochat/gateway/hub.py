@@ -78,7 +78,7 @@ class GatewayHub:
         self._incarnation = secrets.token_hex(4)
         self._subscription: Subscription | None = None
         self.frames_prepared = 0
-        self.receipts = ReceiptCoalescer(lambda user_id, conv, seq: self.logic.record_received(user_id, conv, seq))
+        self.receipts = ReceiptCoalescer(self._hand_to_logic)
         self._drain_waiters: list[Deferred[None]] = []
 
     def start(self) -> None:
@@ -151,6 +151,9 @@ class GatewayHub:
 
     def flush_received(self) -> None:
         self.receipts.flush()
+
+    def _hand_to_logic(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
+        return self.logic.record_received(user_id, conv, seq)
 
     # Timers
 
