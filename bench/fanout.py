@@ -1,7 +1,9 @@
 """Group fan-out: the time from one send to the last of N online members' push.
 
-Starts the embedded default (``twistd -n gochat-gateway``, SQLite, one
-process) on a free 127.0.0.1 port, registers an owner and *members* users
+Starts the servers on free 127.0.0.1 ports (``--mode embedded``: one
+``twistd gochat-gateway`` on SQLite; ``--mode production``: ``twistd
+gochat-logic`` on MariaDB, RabbitMQ and Redis behind ``twistd gochat-gateway``,
+with a database, queues and keys of their own, removed afterwards), registers an owner and *members* users
 over the HTTP API, connects them all with the ``websockets`` library (an
 implementation independent of the server's Autobahn), creates one group and
 sends *messages* messages into it one after another. For each message it
@@ -15,6 +17,7 @@ includes the clients' own reading of N frames: it is an upper bound on the
 server's fan-out time.
 
     python -m bench.fanout --members 1000 --messages 30 --json > bench/results/fanout.json
+    python -m bench.fanout --members 1000 --messages 30 --mode production --json > bench/results/fanout-production.json
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,7 +39,8 @@ from typing import Any
 
 import websockets
 
-from bench.chaos import GATEWAY_LISTENING, ManagedProcess, account, free_port, machine, twistd
+from bench.chaos import account, machine
+from bench.load.servers import Deployment
 
 HOST = "127.0.0.1"
 #: Registrations and logins at once: scrypt runs on the server's thread pool, two cores.
@@ -117,30 +123,20 @@ async def wait_all(members: Sequence[Member], seq: int) -> None:
 
 
 async def run(options: argparse.Namespace) -> dict[str, Any]:
-    data_dir = Path(tempfile.mkdtemp(prefix="gochat-fanout-"))
-    port = free_port()
-    gateway = ManagedProcess(
-        "gateway",
-        [
-            twistd(),
-            "-n",
-            "--pidfile=",
-            "gochat-gateway",
-            "--listen",
-            f"tcp:{port}:interface={HOST}",
-            "--data-dir",
-            str(data_dir),
-            "--max-frame-bytes",
-            str(1 << 20),
-        ],
-        data_dir / "gateway.log",
+    deployment = Deployment(
+        mode=options.mode,
+        run_id=uuid.uuid4().hex[:8],
+        workdir=Path(tempfile.mkdtemp(prefix="gochat-fanout-")),
+        env=dict(os.environ),
+        frames_per_second=1000,
+        frame_burst=2000,
     )
-    await gateway.start()
     try:
-        await gateway.wait_for(GATEWAY_LISTENING)
-        return await measure(options, port)
+        await deployment.start()
+        return await measure(options, deployment.http_port)
     finally:
-        await gateway.terminate()
+        await deployment.stop()
+        await deployment.clean_up()
 
 
 async def measure(options: argparse.Namespace, port: int) -> dict[str, Any]:
@@ -187,7 +183,7 @@ async def measure(options: argparse.Namespace, port: int) -> dict[str, Any]:
         await client.connection.close()
     last = [s["last_member_ms"] for s in samples]
     return {
-        "benchmark": "group fan-out, embedded default",
+        "benchmark": f"group fan-out, {options.mode}",
         "command": "python -m bench.fanout " + " ".join(sys.argv[1:]),
         "members_online": len(members),
         "messages": len(samples),
@@ -211,6 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--members", type=int, default=1000, help="online members besides the sender (<= 5000)")
     parser.add_argument("--messages", type=int, default=30, help="messages sent one after another (<= 1000)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    parser.add_argument(
+        "--mode",
+        choices=("embedded", "production"),
+        default="embedded",
+        help="embedded: one gateway process on SQLite; production: gateway and logic on MariaDB, RabbitMQ, Redis",
+    )
     options = parser.parse_args(argv)
     if not 1 <= options.members <= 5000 or not 1 <= options.messages <= 1000:
         parser.error("--members must be 1..5000 and --messages 1..1000")
