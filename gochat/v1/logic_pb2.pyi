@@ -6,6 +6,42 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class StreamCall(_message.Message):
+    __slots__ = ("call_id", "send", "record_received")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    RECORD_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    send: SendRequest
+    record_received: RecordReceivedRequest
+    def __init__(self, call_id: _Optional[int] = ..., send: _Optional[_Union[SendRequest, _Mapping]] = ..., record_received: _Optional[_Union[RecordReceivedRequest, _Mapping]] = ...) -> None: ...
+
+class CallBatch(_message.Message):
+    __slots__ = ("calls",)
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    calls: _containers.RepeatedCompositeFieldContainer[StreamCall]
+    def __init__(self, calls: _Optional[_Iterable[_Union[StreamCall, _Mapping]]] = ...) -> None: ...
+
+class StreamResult(_message.Message):
+    __slots__ = ("call_id", "send", "record_received", "error_code", "error_message")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    SEND_FIELD_NUMBER: _ClassVar[int]
+    RECORD_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    call_id: int
+    send: SendReply
+    record_received: RecordReceivedReply
+    error_code: str
+    error_message: str
+    def __init__(self, call_id: _Optional[int] = ..., send: _Optional[_Union[SendReply, _Mapping]] = ..., record_received: _Optional[_Union[RecordReceivedReply, _Mapping]] = ..., error_code: _Optional[str] = ..., error_message: _Optional[str] = ...) -> None: ...
+
+class ResultBatch(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[StreamResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[StreamResult, _Mapping]]] = ...) -> None: ...
+
 class Identity(_message.Message):
     __slots__ = ("user_id", "username")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -176,6 +212,12 @@ class Delivery(_message.Message):
     user_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, gateway_id: _Optional[str] = ..., session_ids: _Optional[_Iterable[str]] = ..., message: _Optional[_Union[Message, _Mapping]] = ..., signal: _Optional[_Union[Signal, _Mapping]] = ..., user_ids: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class DeliveryBatch(_message.Message):
+    __slots__ = ("deliveries",)
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
+
 class PersistRequest(_message.Message):
     __slots__ = ("msg_id", "conv", "sender_id", "sender", "client_msg_id", "body", "ts", "participants", "origin_gateway", "origin_session", "reply_to", "kind", "ref_seq")
     MSG_ID_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +248,12 @@ class PersistRequest(_message.Message):
     ref_seq: int
     def __init__(self, msg_id: _Optional[int] = ..., conv: _Optional[str] = ..., sender_id: _Optional[int] = ..., sender: _Optional[str] = ..., client_msg_id: _Optional[str] = ..., body: _Optional[str] = ..., ts: _Optional[int] = ..., participants: _Optional[_Iterable[int]] = ..., origin_gateway: _Optional[str] = ..., origin_session: _Optional[str] = ..., reply_to: _Optional[str] = ..., kind: _Optional[str] = ..., ref_seq: _Optional[int] = ...) -> None: ...
 
+class PersistBatch(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[PersistRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[PersistRequest, _Mapping]]] = ...) -> None: ...
+
 class PersistReply(_message.Message):
     __slots__ = ("request_msg_id", "message")
     REQUEST_MSG_ID_FIELD_NUMBER: _ClassVar[int]
@@ -213,6 +261,12 @@ class PersistReply(_message.Message):
     request_msg_id: int
     message: Message
     def __init__(self, request_msg_id: _Optional[int] = ..., message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class PersistReplyBatch(_message.Message):
+    __slots__ = ("replies",)
+    REPLIES_FIELD_NUMBER: _ClassVar[int]
+    replies: _containers.RepeatedCompositeFieldContainer[PersistReply]
+    def __init__(self, replies: _Optional[_Iterable[_Union[PersistReply, _Mapping]]] = ...) -> None: ...
 
 class SyncRequest(_message.Message):
     __slots__ = ("user_id", "since", "has_since", "limit")

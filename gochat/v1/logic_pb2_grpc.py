@@ -139,6 +139,11 @@ class LogicStub:
                 request_serializer=gochat_dot_v1_dot_logic__pb2.ConversationListRequest.SerializeToString,
                 response_deserializer=gochat_dot_v1_dot_logic__pb2.ConversationListReply.FromString,
                 _registered_method=True)
+        self.Calls = channel.stream_stream(
+                '/gochat.v1.Logic/Calls',
+                request_serializer=gochat_dot_v1_dot_logic__pb2.CallBatch.SerializeToString,
+                response_deserializer=gochat_dot_v1_dot_logic__pb2.ResultBatch.FromString,
+                _registered_method=True)
 
 
 class LogicServicer:
@@ -297,6 +302,17 @@ class LogicServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Calls(self, request_iterator, context):
+        """The gateway's hot path on one long-lived stream: each CallBatch carries
+        every send and recv-ack a gateway took in one reactor turn, each
+        ResultBatch every answer logic had ready, matched by call_id. Answers
+        come in completion order, not call order. The unary Send and
+        RecordReceived stay for other clients and for tools.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_LogicServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -404,6 +420,11 @@ def add_LogicServicer_to_server(servicer, server):
                     servicer.ConversationList,
                     request_deserializer=gochat_dot_v1_dot_logic__pb2.ConversationListRequest.FromString,
                     response_serializer=gochat_dot_v1_dot_logic__pb2.ConversationListReply.SerializeToString,
+            ),
+            'Calls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Calls,
+                    request_deserializer=gochat_dot_v1_dot_logic__pb2.CallBatch.FromString,
+                    response_serializer=gochat_dot_v1_dot_logic__pb2.ResultBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -973,6 +994,33 @@ class Logic:
             '/gochat.v1.Logic/ConversationList',
             gochat_dot_v1_dot_logic__pb2.ConversationListRequest.SerializeToString,
             gochat_dot_v1_dot_logic__pb2.ConversationListReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Calls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/gochat.v1.Logic/Calls',
+            gochat_dot_v1_dot_logic__pb2.CallBatch.SerializeToString,
+            gochat_dot_v1_dot_logic__pb2.ResultBatch.FromString,
             options,
             channel_credentials,
             insecure,
