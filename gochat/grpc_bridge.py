@@ -1,14 +1,22 @@
 """The one module that touches gRPC threads and futures.
 
 Gateway side, :class:`GrpcLogicClient` implements
-:class:`~gochat.gateway.logic_client.ILogicClient`: each unary call is
-started with ``.future()`` and its completion is handed to the reactor with
-``callFromThread`` (a gRPC done-callback runs on a gRPC thread and may do
-nothing else). The delivery stream is read by one dedicated thread per
-subscription, which hands each delivery to the reactor in order.
+:class:`~gochat.gateway.logic_client.ILogicClient`. The hot calls (``send``
+and ``record_received``, several per chat message) go over one long-lived
+``Calls`` stream (:class:`_CallStream`): every call made during one reactor
+turn leaves as one ``CallBatch``, and logic answers with ``ResultBatch``es
+of whatever it has ready, so a thousand messages a second cost a few
+hundred stream messages and thread hand-offs, not a unary call and a
+worker thread each. The rare calls are unary, started with ``.future()``
+and handed back to the reactor with ``callFromThread`` (a gRPC
+done-callback runs on a gRPC thread and may do nothing else). The delivery
+stream is read by one dedicated thread per subscription, which hands each
+delivery to the reactor in order.
 
-Logic side, :class:`LogicServicer` runs each call on a gRPC worker thread
-and crosses into the reactor with ``blockingCallFromThread``;
+Logic side, :class:`LogicServicer` runs each unary call on a gRPC worker
+thread and crosses into the reactor with ``blockingCallFromThread``; a
+``Calls`` stream has one thread reading batches into the reactor and its
+gRPC worker thread writing the answers the reactor collected each turn.
 :class:`GrpcServerService` starts and stops the server with the application.
 
 Errors cross as a gRPC status plus the stable gochat code in the trailing
@@ -22,6 +30,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
@@ -224,6 +233,44 @@ def sync_from_pb(reply: pb.SyncReply) -> SyncResult:
     )
 
 
+def send_to_pb(command: SendCommand) -> pb.SendRequest:
+    return pb.SendRequest(
+        sender_id=command.sender_id,
+        sender=command.sender,
+        gateway_id=command.gateway_id,
+        session_id=command.session_id,
+        client_msg_id=command.client_msg_id,
+        to_username=command.to_username,
+        body=command.body,
+        conv=command.conv,
+        kind=kind_to_pb(command.kind),
+        ref_seq=command.ref_seq,
+    )
+
+
+def send_from_pb(request: pb.SendRequest) -> SendCommand:
+    return SendCommand(
+        sender_id=request.sender_id,
+        sender=request.sender,
+        gateway_id=request.gateway_id,
+        session_id=request.session_id,
+        client_msg_id=request.client_msg_id,
+        to_username=request.to_username,
+        body=request.body,
+        conv=request.conv,
+        kind=kind_from_pb(request.kind),
+        ref_seq=request.ref_seq,
+    )
+
+
+def ack_to_pb(ack: Ack) -> pb.SendReply:
+    return pb.SendReply(client_msg_id=ack.client_msg_id, msg_id=ack.msg_id, conv=ack.conv, seq=ack.seq, ts=ack.ts)
+
+
+def ack_from_pb(reply: pb.SendReply) -> Ack:
+    return Ack(reply.client_msg_id, reply.msg_id, reply.conv, reply.seq, reply.ts)
+
+
 def error_from_rpc(error: BaseException) -> GochatError:
     """The :class:`GochatError` an RPC failure stands for."""
     if isinstance(error, grpc.Call):
@@ -235,6 +282,10 @@ def error_from_rpc(error: BaseException) -> GochatError:
 
 
 # Gateway side.
+
+
+def _ignore_reply(reply: object) -> None:
+    return None
 
 
 class _StreamSubscription:
@@ -292,15 +343,188 @@ class _StreamSubscription:
                 self._call.cancel()
 
 
+_STREAM_END = object()
+"""Put in a stream's request or answer queue: nothing more follows."""
+
+
+@dataclass
+class _PendingCall:
+    """A call sent on a ``Calls`` stream, waiting for its answer."""
+
+    result: Deferred[Any]
+    convert: Callable[[Any], Any]
+    deadline: float
+
+
+@dataclass
+class _OpenStream:
+    """One ``Calls`` RPC: the queue its request iterator reads, and the calls it carries."""
+
+    requests: queue.SimpleQueue[object]
+    rpc: Any = None
+    pending: dict[int, _PendingCall] = field(default_factory=dict)
+    lost: bool = False
+
+
+class _CallStream:
+    """A gateway's ``Calls`` stream: calls batched per reactor turn, answers matched by id.
+
+    A call is queued and, at the end of the reactor turn, leaves with every
+    other call of that turn in one ``CallBatch`` (at most *max_batch* calls a
+    batch). One reader thread hands each ``ResultBatch`` to the reactor.
+
+    The stream is opened by the first call and reopened by the first call
+    after it was lost. Losing it (logic stopped or unreachable) fails every
+    call it carried with ``unavailable``: a send may or may not have been
+    stored, and the client's retry with the same client message id finds
+    out without storing it twice. A call not answered within *timeout*
+    seconds fails the same way.
+
+    *reactor* provides ``IReactorTime`` and ``IReactorFromThreads``.
+    """
+
+    def __init__(self, stub: pb_grpc.LogicStub, reactor: Any, timeout: float, max_batch: int = 1000) -> None:
+        self._stub = stub
+        self._reactor = reactor
+        self._timeout = timeout
+        self._max_batch = max_batch
+        self._next_id = 0
+        self._outbox: list[tuple[pb.StreamCall, _PendingCall]] = []
+        self._flush_call: Any = None
+        self._sweep_call: Any = None
+        self._current: _OpenStream | None = None
+        self._closed = False
+        self.batches_sent = 0
+
+    def call(self, convert: Callable[[Any], T], **request: Any) -> Deferred[T]:
+        """Queue one call (``send=SendRequest`` or ``record_received=...``); fires with its converted reply."""
+        if self._closed:
+            return fail(GochatError(ErrorCode.UNAVAILABLE, "the logic client is closed"))
+        self._next_id += 1
+        pending = _PendingCall(Deferred(), convert, self._reactor.seconds() + self._timeout)
+        self._outbox.append((pb.StreamCall(call_id=self._next_id, **request), pending))
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+        result: Deferred[T] = pending.result
+        return result
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        outbox, self._outbox = self._outbox, []
+        if not outbox:
+            return
+        stream = self._current
+        if stream is None:
+            stream = self._current = self._open()
+        for start in range(0, len(outbox), self._max_batch):
+            chunk = outbox[start : start + self._max_batch]
+            for item, pending in chunk:
+                stream.pending[item.call_id] = pending
+            stream.requests.put(pb.CallBatch(calls=[item for item, _ in chunk]))
+            self.batches_sent += 1
+        if self._sweep_call is None:
+            self._sweep_call = self._reactor.callLater(1.0, self._sweep)
+
+    def _open(self) -> _OpenStream:
+        stream = _OpenStream(queue.SimpleQueue())
+
+        def requests() -> Iterator[object]:
+            while True:
+                item = stream.requests.get()
+                if item is _STREAM_END:
+                    return
+                yield item
+
+        try:
+            stream.rpc = self._stub.Calls(requests())
+        except Exception as e:  # a closed channel refuses new calls synchronously
+            stream.lost = True
+            self._reactor.callLater(0, self._lost, stream, e)
+            return stream
+        threading.Thread(target=self._read, args=(stream,), name="logic-calls", daemon=True).start()
+        return stream
+
+    def _read(self, stream: _OpenStream) -> None:
+        """The reader thread: every answer batch to the reactor, then the stream's end."""
+        error: BaseException | None = None
+        try:
+            for batch in stream.rpc:
+                self._reactor.callFromThread(self._answered, stream, batch)
+        except grpc.RpcError as e:
+            error = e
+        self._reactor.callFromThread(self._lost, stream, error)
+
+    def _answered(self, stream: _OpenStream, batch: pb.ResultBatch) -> None:
+        pending = stream.pending
+        for result in batch.results:
+            call = pending.pop(result.call_id, None)
+            if call is None:  # timed out already
+                continue
+            if result.error_code:
+                call.result.errback(GochatError.from_wire(result.error_code, result.error_message))
+                continue
+            try:
+                reply = call.convert(getattr(result, result.WhichOneof("reply") or "send"))
+            except Exception:
+                call.result.errback()
+            else:
+                call.result.callback(reply)
+
+    def _lost(self, stream: _OpenStream, error: BaseException | None) -> None:
+        stream.lost = True
+        stream.requests.put(_STREAM_END)
+        if self._current is stream:
+            self._current = None
+        pending, stream.pending = stream.pending, {}
+        if pending and not self._closed:
+            reason = error.code().name if isinstance(error, grpc.Call) else "ended by logic"
+            _log.warn("logic call stream lost ({reason}); failing {n} calls in flight", reason=reason, n=len(pending))
+        failure = error_from_rpc(error) if error is not None else GochatError(ErrorCode.UNAVAILABLE, "logic went away")
+        for call in pending.values():
+            call.result.errback(GochatError(ErrorCode.UNAVAILABLE, failure.message))
+
+    def _sweep(self) -> None:
+        """Fail calls overdue by the timeout; runs each second while any call waits."""
+        self._sweep_call = None
+        stream = self._current
+        if stream is None or not stream.pending:
+            return
+        now = self._reactor.seconds()
+        overdue = [call_id for call_id, call in stream.pending.items() if call.deadline <= now]
+        for call_id in overdue:
+            call = stream.pending.pop(call_id)
+            call.result.errback(GochatError(ErrorCode.UNAVAILABLE, "logic did not answer in time; retry"))
+        if stream.pending:
+            self._sweep_call = self._reactor.callLater(1.0, self._sweep)
+
+    def close(self) -> None:
+        """Fail what is queued or waiting with ``unavailable`` and hang up."""
+        self._closed = True
+        for delayed in (self._flush_call, self._sweep_call):
+            if delayed is not None and delayed.active():
+                delayed.cancel()
+        self._flush_call = self._sweep_call = None
+        outbox, self._outbox = self._outbox, []
+        for _, call in outbox:
+            call.result.errback(GochatError(ErrorCode.UNAVAILABLE, "the logic client is closed"))
+        stream, self._current = self._current, None
+        if stream is not None:
+            self._lost(stream, None)
+            if stream.rpc is not None:
+                stream.rpc.cancel()
+
+
 class GrpcLogicClient:
     """:class:`~gochat.gateway.logic_client.ILogicClient` over a gRPC channel."""
 
-    def __init__(self, target: str, reactor: IReactorFromThreads, timeout: float = 10.0) -> None:
+    def __init__(self, target: str, reactor: Any, timeout: float = 10.0) -> None:
+        """Talk to the logic process at *target*; *reactor* provides ``IReactorTime`` and ``IReactorFromThreads``."""
         self._channel = grpc.insecure_channel(target)
         self._stub = pb_grpc.LogicStub(self._channel)
         self._reactor = reactor
         self._timeout = timeout
         self._subscriptions: list[_StreamSubscription] = []
+        self.calls = _CallStream(self._stub, reactor, timeout)
 
     def _call(self, method: Any, request: Any, convert: Callable[[Any], T]) -> Deferred[T]:
         d: Deferred[T] = Deferred()
@@ -341,23 +565,7 @@ class GrpcLogicClient:
         return self._call(self._stub.Disconnect, request, lambda reply: None)
 
     def send(self, command: SendCommand) -> Deferred[Ack]:
-        request = pb.SendRequest(
-            sender_id=command.sender_id,
-            sender=command.sender,
-            gateway_id=command.gateway_id,
-            session_id=command.session_id,
-            client_msg_id=command.client_msg_id,
-            to_username=command.to_username,
-            body=command.body,
-            conv=command.conv,
-            kind=kind_to_pb(command.kind),
-            ref_seq=command.ref_seq,
-        )
-        return self._call(
-            self._stub.Send,
-            request,
-            lambda reply: Ack(reply.client_msg_id, reply.msg_id, reply.conv, reply.seq, reply.ts),
-        )
+        return self.calls.call(ack_from_pb, send=send_to_pb(command))
 
     def sync(self, user_id: int, since: Mapping[str, int] | None, limit: int) -> Deferred[SyncResult]:
         request = pb.SyncRequest(user_id=user_id, since=dict(since or {}), has_since=since is not None, limit=limit)
@@ -365,7 +573,7 @@ class GrpcLogicClient:
 
     def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
         request = pb.RecordReceivedRequest(user_id=user_id, conv=conv, seq=seq)
-        return self._call(self._stub.RecordReceived, request, lambda reply: None)
+        return self.calls.call(_ignore_reply, record_received=request)
 
     def refresh_routes(self, gateway_id: str, sessions: Sequence[tuple[int, str]]) -> Deferred[None]:
         request = pb.RefreshRoutesRequest(
@@ -440,6 +648,7 @@ class GrpcLogicClient:
 
     def close(self) -> None:
         """Cancel the streams and close the channel."""
+        self.calls.close()
         for subscription in self._subscriptions:
             subscription.cancel()
         self._channel.close()
@@ -456,12 +665,21 @@ class LogicServicer(pb_grpc.LogicServicer):
     def __init__(
         self,
         logic: ChatLogic,
-        reactor: IReactorFromThreads,
+        reactor: Any,
         max_queued_deliveries: int = 100_000,
         max_concurrent_sends: int = 248,
+        max_stream_calls: int = 20_000,
     ) -> None:
+        """Serve *logic*; *reactor* provides ``IReactorFromThreads`` and ``IReactorTime``.
+
+        *max_concurrent_sends* caps the unary sends waiting for the store (each
+        holds a worker thread); *max_stream_calls* caps the calls in flight on
+        one ``Calls`` stream (they hold no thread, only memory).
+        """
         self._logic = logic
         self._reactor = reactor
+        self._max_stream_calls = max_stream_calls
+        self._streams: set[_ServedStream] = set()
         self._max_queued = max_queued_deliveries
         # Sends wait for a commit; while the database is down they all wait. Capping them keeps worker
         # threads free for everything else (auth, sync, route refresh) instead of letting sends take all.
@@ -498,18 +716,7 @@ class LogicServicer(pb_grpc.LogicServicer):
         return pb.DisconnectReply()
 
     def Send(self, request: pb.SendRequest, context: grpc.ServicerContext) -> pb.SendReply:
-        command = SendCommand(
-            sender_id=request.sender_id,
-            sender=request.sender,
-            gateway_id=request.gateway_id,
-            session_id=request.session_id,
-            client_msg_id=request.client_msg_id,
-            to_username=request.to_username,
-            body=request.body,
-            conv=request.conv,
-            kind=kind_from_pb(request.kind),
-            ref_seq=request.ref_seq,
-        )
+        command = send_from_pb(request)
         if not self._send_slots.acquire(blocking=False):
             context.set_trailing_metadata(((ERROR_METADATA_KEY, ErrorCode.UNAVAILABLE.value),))
             context.abort(grpc.StatusCode.UNAVAILABLE, "logic has too many sends waiting for the store; retry")
@@ -517,7 +724,24 @@ class LogicServicer(pb_grpc.LogicServicer):
             ack = self._run(context, self._logic.send, command)
         finally:
             self._send_slots.release()
-        return pb.SendReply(client_msg_id=ack.client_msg_id, msg_id=ack.msg_id, conv=ack.conv, seq=ack.seq, ts=ack.ts)
+        return ack_to_pb(ack)
+
+    def Calls(
+        self, request_iterator: Iterator[pb.CallBatch], context: grpc.ServicerContext
+    ) -> Iterator[pb.ResultBatch]:
+        """Serve a gateway's ``Calls`` stream (see :class:`_ServedStream`) until either side hangs up."""
+        stream = _ServedStream(self._logic, self._reactor, self._max_stream_calls)
+        self._reactor.callFromThread(self._streams.add, stream)
+        context.add_callback(stream.hung_up)
+        context.add_callback(lambda: self._reactor.callFromThread(self._streams.discard, stream))
+        reader = threading.Thread(target=stream.read, args=(request_iterator,), name="logic-calls-reader", daemon=True)
+        reader.start()
+        while True:
+            batch = stream.answers.get()
+            if batch is _STREAM_END:
+                return
+            assert isinstance(batch, pb.ResultBatch)
+            yield batch
 
     def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncReply:
         since = dict(request.since) if request.has_since else None
@@ -599,6 +823,15 @@ class LogicServicer(pb_grpc.LogicServicer):
         conversations = self._run(context, self._logic.conversation_list, request.user_id)
         return pb.ConversationListReply(conversations=[conversation_to_pb(c) for c in conversations])
 
+    def finish_streams(self) -> None:
+        """Logic is stopping: every ``Calls`` stream answers what it started, refuses the rest, and ends.
+
+        Called on the reactor thread before the server's grace period, so
+        that stopping waits for the calls in flight, not for the whole grace.
+        """
+        for stream in list(self._streams):
+            stream.finish()
+
     def Deliveries(self, request: pb.DeliveriesRequest, context: grpc.ServicerContext) -> Iterator[pb.Delivery]:
         """Stream the gateway's deliveries until it hangs up.
 
@@ -644,6 +877,109 @@ class LogicServicer(pb_grpc.LogicServicer):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "delivery stream overflowed; resubscribe")
 
 
+class _ServedStream:
+    """Logic's end of one ``Calls`` stream.
+
+    A reader thread hands each ``CallBatch`` to the reactor, which starts
+    every call in it at once; the answers that complete during one reactor
+    turn leave as one ``ResultBatch`` through :attr:`answers`, which the
+    RPC's own worker thread writes to the stream. When the gateway ends its
+    side, the calls already started are still answered, then the stream
+    ends. More than *max_calls* calls in flight are refused with
+    ``unavailable`` rather than queued without bound.
+    """
+
+    def __init__(self, logic: ChatLogic, reactor: Any, max_calls: int) -> None:
+        self.answers: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._logic = logic
+        self._reactor = reactor
+        self._max_calls = max_calls
+        self._in_flight = 0
+        self._ready: list[pb.StreamResult] = []
+        self._flush_call: Any = None
+        self._requests_ended = False
+        self._finishing = False
+        self._hung_up = False
+
+    def read(self, requests: Iterator[pb.CallBatch]) -> None:
+        """The reader thread: every batch to the reactor, in order, then the end of the requests."""
+        try:
+            for batch in requests:
+                self._reactor.callFromThread(self._dispatch, batch)
+        except Exception:  # the RPC was cancelled or failed; hung_up tells the rest
+            pass
+        self._reactor.callFromThread(self._ended)
+
+    def hung_up(self) -> None:
+        """The RPC is over (either side, any reason): stop the answer loop; later answers go nowhere."""
+        self._hung_up = True
+        self.answers.put(_STREAM_END)
+
+    def finish(self) -> None:
+        """Answer the calls started, refuse later ones with ``unavailable``, then end the stream."""
+        self._finishing = True
+        self._ended()
+
+    def _dispatch(self, batch: pb.CallBatch) -> None:
+        for call in batch.calls:
+            which = call.WhichOneof("request")
+            if self._finishing:
+                self._refuse(call.call_id, GochatError(ErrorCode.UNAVAILABLE, "this logic process is stopping; retry"))
+                continue
+            if self._in_flight >= self._max_calls:
+                self._refuse(call.call_id, GochatError(ErrorCode.UNAVAILABLE, "logic is too busy; retry"))
+                continue
+            if which == "send":
+                d: Deferred[Any] = maybeDeferred(self._logic.send, send_from_pb(call.send))
+            elif which == "record_received":
+                r = call.record_received
+                d = maybeDeferred(self._logic.record_received, r.user_id, r.conv, r.seq)
+            else:
+                self._refuse(call.call_id, GochatError(ErrorCode.BAD_REQUEST, f"unknown call {which!r}"))
+                continue
+            self._in_flight += 1
+            d.addCallbacks(self._done, self._failed, callbackArgs=(call.call_id, which), errbackArgs=(call.call_id,))
+
+    def _done(self, reply: Any, call_id: int, which: str) -> None:
+        self._in_flight -= 1
+        if which == "send":
+            self._answer(pb.StreamResult(call_id=call_id, send=ack_to_pb(reply)))
+        else:
+            self._answer(pb.StreamResult(call_id=call_id, record_received=pb.RecordReceivedReply()))
+
+    def _failed(self, failure: Failure, call_id: int) -> None:
+        self._in_flight -= 1
+        error = failure.value
+        if not isinstance(error, GochatError):
+            _log.failure("stream call failed", failure)
+            error = GochatError(ErrorCode.INTERNAL, "internal error")
+        self._refuse(call_id, error)
+
+    def _refuse(self, call_id: int, error: GochatError) -> None:
+        self._answer(pb.StreamResult(call_id=call_id, error_code=error.code.value, error_message=error.message))
+
+    def _answer(self, result: pb.StreamResult) -> None:
+        self._ready.append(result)
+        if self._flush_call is None:
+            self._flush_call = self._reactor.callLater(0, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_call = None
+        ready, self._ready = self._ready, []
+        if ready and not self._hung_up:
+            self.answers.put(pb.ResultBatch(results=ready))
+        self._end_if_done()
+
+    def _ended(self) -> None:
+        self._requests_ended = True
+        self._end_if_done()
+
+    def _end_if_done(self) -> None:
+        if self._requests_ended and not self._in_flight and not self._ready:
+            self._requests_ended = False  # end once
+            self.answers.put(_STREAM_END)
+
+
 def _subscribe(bus: Any, gateway_id: str, handler: Callable[[Delivery], None]) -> Deferred[Any]:
     """Subscribe on the reactor thread, a refusal included, as a Deferred for :meth:`LogicServicer._run`."""
     return maybeDeferred(bus.subscribe, gateway_id, handler)
@@ -676,5 +1012,6 @@ class GrpcServerService(Service):
         server, self._server = self._server, None
         if server is None:
             return succeed(None)
+        self._servicer.finish_streams()
         stopped = server.stop(grace=5.0)
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), stopped.wait)
