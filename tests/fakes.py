@@ -21,6 +21,7 @@ class RecordingTransport:
         self.prepared: list[object] = []
         self.closed: tuple[int, str] | None = None
         self.aborted = False
+        self.reading = True
 
     def send_frame(self, data: bytes) -> None:
         self.frames.append(json.loads(data))
@@ -33,6 +34,12 @@ class RecordingTransport:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
 
     def pop(self) -> dict[str, Any]:
         """The oldest frame not yet looked at."""

@@ -32,6 +32,7 @@ class Observer:
         self.opened: list[Session] = []
         self.closed: list[Session] = []
         self.logic = logic
+        self.sends_in_flight = 0
 
     def flush_received(self) -> None:
         pass
@@ -45,6 +46,12 @@ class Observer:
 
     def session_closed(self, session: Session) -> None:
         self.closed.append(session)
+
+    def send_started(self, session: Session) -> None:
+        self.sends_in_flight += 1
+
+    def send_finished(self) -> None:
+        self.sends_in_flight -= 1
 
 
 class SessionTestCase(SynchronousTestCase):

@@ -20,6 +20,7 @@ from twisted.logger import Logger
 
 from gochat.errors import CLOSE_SHUTTING_DOWN
 from gochat.gateway import codec
+from gochat.gateway.admission import SendAdmission
 from gochat.gateway.logic_client import ILogicClient, Subscription
 from gochat.gateway.receipts import ReceiptCoalescer
 from gochat.gateway.session import Session, SessionLimits, SessionTransport
@@ -57,6 +58,7 @@ class GatewayHub:
         wheel_slots: int = 512,
         deliveries: DeliverySource | None = None,
         route_refresh: float = 30.0,
+        max_sends_in_flight: int = 2000,
     ) -> None:
         self._deliveries: DeliverySource = deliveries if deliveries is not None else logic
         self._route_refresh = route_refresh
@@ -79,6 +81,7 @@ class GatewayHub:
         self._subscription: Subscription | None = None
         self.frames_prepared = 0
         self.receipts = ReceiptCoalescer(self._hand_to_logic)
+        self.admission = SendAdmission(max_sends_in_flight)
         self._drain_waiters: list[Deferred[None]] = []
 
     def start(self) -> None:
@@ -91,6 +94,7 @@ class GatewayHub:
             self._subscription.cancel()
             self._subscription = None
         self.receipts.flush()
+        self.admission.release_all()
         for session in list(self._live.values()):
             session.close(CLOSE_SHUTTING_DOWN, "gateway shutting down; reconnect")
 
@@ -128,6 +132,7 @@ class GatewayHub:
 
     def connection_lost(self, session: Session) -> None:
         """The socket of *session* is gone."""
+        self.admission.forget(session)
         try:
             session.connection_lost()
         finally:
@@ -148,6 +153,12 @@ class GatewayHub:
 
     def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
         return self.receipts.received(user_id, conv, seq)
+
+    def send_started(self, session: Session) -> None:
+        self.admission.started(session)
+
+    def send_finished(self) -> None:
+        self.admission.finished()
 
     def flush_received(self) -> None:
         self.receipts.flush()

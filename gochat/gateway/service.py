@@ -47,6 +47,8 @@ class GatewayConfig:
     limits: SessionLimits = field(default_factory=SessionLimits)
     max_frame_bytes: int = 64 * 1024
     max_backlog_bytes: int = 1 << 20
+    #: Sends waiting for logic at which senders stop being read (see :mod:`gochat.gateway.admission`).
+    max_sends_in_flight: int = 2000
     route_refresh: float = 30.0
     wheel_tick: float = 0.5
     wheel_slots: int = 512
@@ -140,6 +142,7 @@ def build(config: GatewayConfig, reactor: Any, logic: ILogicClient | None = None
         wheel_slots=config.wheel_slots,
         deliveries=deliveries,
         route_refresh=config.route_refresh,
+        max_sends_in_flight=config.max_sends_in_flight,
     )
     factory.hub = hub
     heartbeat = TimerService(config.wheel_tick, hub.tick)

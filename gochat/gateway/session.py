@@ -85,6 +85,12 @@ class SessionTransport(Protocol):
     def abort(self) -> None:
         """Drop the TCP connection at once."""
 
+    def pause_reading(self) -> None:
+        """Stop reading from the socket (admission control; what was read is still handled)."""
+
+    def resume_reading(self) -> None:
+        """Read from the socket again."""
+
 
 class SessionObserver(Protocol):
     """Who wants to know when a session is routed and when it ends (the gateway's hub)."""
@@ -101,6 +107,13 @@ class SessionObserver(Protocol):
     def record_received(self, user_id: int, conv: str, seq: int) -> Deferred[None]:
         """A ``recv_ack``: fires once logic has recorded it (the hub coalesces them; see
         :mod:`gochat.gateway.receipts`)."""
+
+    def send_started(self, session: Session) -> None:
+        """*session* handed logic a message; the observer may pause its reading (see
+        :mod:`gochat.gateway.admission`)."""
+
+    def send_finished(self) -> None:
+        """A send handed to logic was answered, acked or refused."""
 
 
 class Session(WheelTimer["Session"]):
@@ -457,8 +470,24 @@ class Session(WheelTimer["Session"]):
             kind=request.kind,
             ref_seq=request.ref_seq,
         )
+        self._observer.send_started(self)
         d = self._logic.send(command)
+        d.addBoth(self._send_settled)
         d.addCallbacks(self._acked, self._send_failed, callbackArgs=(request_id,), errbackArgs=(request_id,))
+
+    def _send_settled(self, result: T) -> T:
+        self._observer.send_finished()
+        return result
+
+    def pause_reading(self) -> None:
+        """Stop reading this connection (admission control); a closing session is left alone."""
+        if self.state not in _ENDING:
+            self._transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read this connection again (a closing one too: it must read the client's close frame)."""
+        if self.state is not SessionState.CLOSED:
+            self._transport.resume_reading()
 
     def _acked(self, ack: Ack, request_id: str | None) -> None:
         self._send(codec.encode_ack(ack, request_id))

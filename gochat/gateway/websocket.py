@@ -216,6 +216,16 @@ class GatewayProtocol(WebSocketServerProtocol):
         elif self.state != WebSocketProtocol.STATE_CLOSED:
             self.abort()
 
+    def pause_reading(self) -> None:
+        transport: Any = self.transport  # a TCP transport is the IPushProducer of what it reads
+        if transport is not None:
+            transport.pauseProducing()
+
+    def resume_reading(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.resumeProducing()
+
     def abort(self) -> None:
         abort = getattr(self.transport, "abortConnection", None)
         if abort is not None:
