@@ -159,7 +159,7 @@ def build(config: LogicConfig, reactor: Any) -> LogicService:
             amqp_settings(config.broker),
             [broker_persist.persist_queue_spec(config.persist_queue), broker_persist.reply_queue_spec(reply_queue)],
         )
-        deliveries = amqp_delivery.AmqpDeliveryBus(bus)
+        deliveries = amqp_delivery.AmqpDeliveryBus(bus, clock=reactor)
         deliverer = Deliverer(routes, deliveries)
         consumer = broker_persist.BrokerPersistConsumer(
             bus,
