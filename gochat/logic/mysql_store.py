@@ -26,6 +26,10 @@ Two ways in for messages, each one transaction and one ``executemany`` per batch
     ``(sender_id, client_msg_id)``) it hits. ``append`` goes through the shared
     :class:`~gochat.logic.batch_writer.BatchWriter`.
 
+The multi-row statements of both are built here (:class:`SqlLiterals`), not by
+PyMySQL's ``executemany``: the same bytes, split into statements the same way,
+but about five times cheaper per row, since the types of the columns are known.
+
 ``IGNORE`` also turns data errors into warnings (a too-long value truncated,
 an unencodable one replaced), and a data error in a plain ``INSERT`` would
 fail its batch again at every retry; so every message is checked against the
@@ -46,11 +50,13 @@ adding or removing members) are not retried.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pymysql
+from pymysql.constants import SERVER_STATUS
 from twisted.application.service import Service
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, succeed
@@ -90,11 +96,11 @@ _SIGNED_64 = 2**63
 
 #: The columns of a :class:`~gochat.model.StoredMessage`, in the order of its fields.
 _MESSAGE_COLUMNS = "msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts, kind, ref_seq"
-_VALUES = "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
 #: For messages with their seq already set: a row already stored under any unique key is skipped.
-_INSERT_MESSAGES = f"INSERT IGNORE INTO messages ({_MESSAGE_COLUMNS}) {_VALUES}"
+#: (The rows follow, written by :meth:`SqlLiterals.message`.)
+_INSERT_MESSAGES = f"INSERT IGNORE INTO messages ({_MESSAGE_COLUMNS}) VALUES "
 #: For messages just given a seq: any unique key already taken fails the batch (a stale seq cache).
-_INSERT_NEW_MESSAGES = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) {_VALUES}"
+_INSERT_NEW_MESSAGES = f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES "
 
 
 @dataclass(frozen=True)
@@ -328,6 +334,207 @@ def _message_row(message: StoredMessage) -> tuple[object, ...]:
     )
 
 
+def _backslash_escaped(text: str) -> str:
+    """*text* as PyMySQL's ``escape_string`` escapes it (the backslash first: the others add backslashes)."""
+    return (
+        text.replace("\\", "\\\\")
+        .replace("\x00", "\\0")
+        .replace("\n", "\\n")
+        .replace("\r", "\\r")
+        .replace("\x1a", "\\Z")
+        .replace("'", "\\'")
+        .replace('"', '\\"')
+    )
+
+
+def _quote_doubled(text: str) -> str:
+    """*text* as PyMySQL escapes it when the session's ``sql_mode`` has ``NO_BACKSLASH_ESCAPES``."""
+    return text.replace("'", "''")
+
+
+@dataclass(frozen=True)
+class RowShape:
+    """One kind of row written in bulk: the type of each column, ``int`` or ``str``.
+
+    :attr:`template` writes a row whose values all have exactly those types
+    (``%d``, what PyMySQL's ``escape_int`` writes, and ``'%s'``), its text not
+    yet escaped; :attr:`placeholders` is the same row as PyMySQL's ``%s``
+    template. ``exact`` may be given, spelled out, for a hot shape.
+    """
+
+    types: tuple[type, ...]
+    parenthesized: bool = True
+    exact: Callable[[tuple[object, ...]], bool] | None = None
+
+    @property
+    def template(self) -> str:
+        return self._wrap(", ".join("%d" if kind is int else "'%s'" for kind in self.types))
+
+    @property
+    def placeholders(self) -> str:
+        return self._wrap(", ".join(["%s"] * len(self.types)))
+
+    def _wrap(self, values: str) -> str:
+        return f"({values})" if self.parenthesized else values
+
+    @property
+    def text_columns(self) -> tuple[int, ...]:
+        return tuple(index for index, kind in enumerate(self.types) if kind is str)
+
+    def is_exact(self, row: tuple[object, ...]) -> bool:
+        """Whether every value of *row* has exactly its column's type (not a subclass)."""
+        if self.exact is not None:
+            return self.exact(row)
+        return tuple(map(type, row)) == self.types
+
+
+def _exact_message(row: tuple[object, ...]) -> bool:
+    """:meth:`RowShape.is_exact` for :data:`MESSAGE_ROW`, spelled out: it runs for every message written."""
+    msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts, kind, ref_seq = row
+    return int is type(msg_id) is type(seq) is type(sender_id) is type(ts) is type(ref_seq) and str is type(
+        conv
+    ) is type(sender) is type(client_msg_id) is type(body) is type(kind)
+
+
+#: A message, as :func:`_message_row` gives it (the columns of :data:`_MESSAGE_COLUMNS`).
+MESSAGE_ROW = RowShape((int, str, int, int, str, str, str, int, str, int), exact=_exact_message)
+#: A row of the per-user index upsert: ``(user_id, conv, last_seq, acked_seq)``.
+HEAD_ROW = RowShape((int, str, int, int))
+#: A ``(sender_id, client_msg_id)`` pair.
+KEY_ROW = RowShape((int, str))
+#: One string.
+TEXT_VALUE = RowShape((str,), parenthesized=False)
+
+
+class SqlLiterals:
+    """Rows of SQL literals exactly as PyMySQL writes them on *connection*, at a fraction of the cost (PyMySQL
+    dispatches on each value's type and escapes strings character by character).
+
+    A row whose values have exactly its :class:`RowShape`'s types goes
+    through one ``%`` format (:attr:`RowShape.template`) and is encoded with
+    the connection's encoding. Text needs escaping only if it holds one of the
+    seven characters PyMySQL's ``escape_string`` escapes (NUL, LF, CR,
+    Ctrl-Z, backslash, both quotes), or a quote when the session has
+    ``NO_BACKSLASH_ESCAPES`` (PyMySQL then doubles quotes instead, and so do
+    we). Those are ASCII, and in UTF-8 an ASCII byte is only ever that
+    character, so the encoded rows of a whole batch are searched at once: if
+    they hold none of those bytes and no quote besides the template's,
+    nothing needed escaping. Otherwise each row is searched, and those that
+    need it are written again from their text escaped as PyMySQL escapes it.
+    A row with a value of any other type (``None``, ``bytes``, ``bool``, a
+    subclass) is written value by value by PyMySQL's ``Connection.escape``.
+    So the text is PyMySQL's, character for character
+    (``tests/test_mysql_literals.py`` compares them). Backslash escapes are
+    safe in utf8mb4: no byte of a multi-byte UTF-8 character is a quote or a
+    backslash.
+    """
+
+    def __init__(self, connection: Any) -> None:
+        self.encoding: str = connection.encoding
+        self.escape: Callable[[object], str] = connection.escape
+        self.escaped: Callable[[str], str]
+        self._specials: tuple[bytes, ...]
+        if connection.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
+            self.escaped, self._specials = _quote_doubled, ()
+        else:
+            self.escaped, self._specials = _backslash_escaped, (b"\\", b"\x00", b"\n", b"\r", b"\x1a", b'"')
+
+    def _clean(self, data: bytes, quotes: int) -> bool:
+        """Whether *data*, rows written from unescaped text, holds no character that needed escaping."""
+        return data.count(b"'") == quotes and not any(special in data for special in self._specials)
+
+    def rows(self, shape: RowShape, rows: Sequence[tuple[object, ...]]) -> list[bytes]:
+        """Each of *rows* written and encoded, as PyMySQL's ``executemany`` writes it into a statement."""
+        template, encoding = shape.template, self.encoding
+        written: list[bytes] = []
+        odd: set[int] = set()
+        for row in rows:
+            if shape.is_exact(row):
+                written.append((template % row).encode(encoding))
+            else:
+                odd.add(len(written))
+                written.append((shape.placeholders % tuple(map(self.escape, row))).encode(encoding))
+        quotes = 2 * len(shape.text_columns)
+        if odd or not self._clean(b"".join(written), quotes * len(written)):
+            for index, row in enumerate(rows):
+                if index not in odd and not self._clean(written[index], quotes):
+                    escaped = list(row)
+                    for column in shape.text_columns:
+                        escaped[column] = self.escaped(row[column])  # type: ignore[arg-type]
+                    written[index] = (template % tuple(escaped)).encode(encoding)
+        return written
+
+    def joined(self, shape: RowShape, rows: Sequence[tuple[object, ...]]) -> bytes:
+        """*rows* written (:meth:`rows`) and separated by commas, e.g. for an ``IN (...)`` list."""
+        return b",".join(self.rows(shape, rows))
+
+
+#: PyMySQL's ``Cursor.max_stmt_length``: ``executemany`` starts a new statement rather than pass it.
+MAX_STATEMENT_BYTES = 1_024_000
+#: MySQL's "packet too large" error.
+ER_NET_PACKET_TOO_LARGE = 1153
+#: ``@@max_allowed_packet`` of each connection (read-only for a session, fixed when it connects).
+_max_allowed_packet: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+
+
+def _packet_limit(cursor: Any) -> int:
+    """The connection's ``max_allowed_packet``, asked once per connection."""
+    connection = cursor.connection
+    limit = _max_allowed_packet.get(connection)
+    if limit is None:
+        cursor.execute("SELECT @@max_allowed_packet")
+        limit = _max_allowed_packet[connection] = int(cursor.fetchone()[0])
+    return limit
+
+
+def statements(prefix: bytes, rows: Sequence[bytes], postfix: bytes, max_bytes: int) -> list[bytes]:
+    """``prefix row,row,... postfix``, split as PyMySQL's ``executemany`` splits it: a new statement whenever
+    the next row would take this one past *max_bytes*; never within a row, so a row longer than that is alone."""
+    sql = bytearray(prefix)
+    sql += rows[0]
+    split = []
+    for row in rows[1:]:
+        if len(sql) + len(row) + len(postfix) + 1 > max_bytes:
+            split.append(bytes(sql + postfix))
+            sql = bytearray(prefix)
+        else:
+            sql += b","
+        sql += row
+    split.append(bytes(sql + postfix))
+    return split
+
+
+def execute_rows(
+    cursor: Any, prefix: str, shape: RowShape, rows: Sequence[tuple[object, ...]], postfix: str = ""
+) -> int:
+    """Execute ``prefix (row),(row),... postfix``, the rows written by :meth:`SqlLiterals.rows`.
+
+    What ``cursor.executemany(prefix + shape.placeholders + postfix, rows)``
+    sends: the same bytes, in the same statements (split at
+    :data:`MAX_STATEMENT_BYTES`, or at the server's ``max_allowed_packet`` if
+    that is smaller). A row that alone exceeds ``max_allowed_packet`` fails
+    the call before any statement is sent (the server would refuse it and
+    drop the connection). Returns the affected rows.
+    """
+    if not rows:
+        return 0
+    literals = SqlLiterals(cursor.connection)
+    written = literals.rows(shape, rows)
+    head, tail = prefix.encode(literals.encoding), postfix.encode(literals.encoding)
+    packet = _packet_limit(cursor)
+    limit = min(MAX_STATEMENT_BYTES, packet - 1)  # the packet also holds the command byte
+    if len(head) + sum(map(len, written)) + len(written) - 1 + len(tail) <= limit:
+        return int(cursor.execute(head + b",".join(written) + tail))
+    split = statements(head, written, tail, limit)
+    for sql in split:
+        if len(sql) > packet - 1:
+            raise pymysql.err.OperationalError(
+                ER_NET_PACKET_TOO_LARGE,
+                f"a row needs a statement of {len(sql):,} bytes; the server's max_allowed_packet is {packet:,}",
+            )
+    return sum(int(cursor.execute(sql)) for sql in split)
+
+
 def _stored_message(row: tuple[Any, ...]) -> StoredMessage:
     msg_id, conv, seq, sender_id, sender, client_msg_id, body, ts, kind, ref_seq = row
     return StoredMessage(
@@ -339,10 +546,9 @@ def _stored_by_client_id(cursor: Any, keys: set[tuple[int, str]]) -> dict[tuple[
     """The stored messages among *keys* (``(sender_id, client_msg_id)``), in one indexed query."""
     if not keys:
         return {}
-    placeholders = ", ".join(["(%s, %s)"] * len(keys))
+    pairs = SqlLiterals(cursor.connection).joined(KEY_ROW, list(keys))
     cursor.execute(
-        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE (sender_id, client_msg_id) IN ({placeholders})",
-        [part for key in keys for part in key],
+        f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE (sender_id, client_msg_id) IN (".encode() + pairs + b")"
     )
     found = (_stored_message(row) for row in cursor.fetchall())
     return {(m.sender_id, m.client_msg_id): m for m in found}
@@ -352,19 +558,20 @@ def _last_seqs(cursor: Any, convs: set[str]) -> dict[str, int]:
     """The highest stored seq of each of *convs* (0 for none), in one indexed query."""
     if not convs:
         return {}
-    placeholders = ", ".join(["%s"] * len(convs))
-    cursor.execute(f"SELECT conv, MAX(seq) FROM messages WHERE conv IN ({placeholders}) GROUP BY conv", list(convs))
+    names = SqlLiterals(cursor.connection).joined(TEXT_VALUE, [(conv,) for conv in convs])
+    cursor.execute(b"SELECT conv, MAX(seq) FROM messages WHERE conv IN (" + names + b") GROUP BY conv")
     last = dict.fromkeys(convs, 0)
     last.update({conv: int(seq) for conv, seq in cursor.fetchall()})
     return last
 
 
+#: The rows go between the two, written by :meth:`SqlLiterals.head` (:func:`execute_rows`).
+_UPSERT_HEADS = (
+    "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq) VALUES ",
+    " ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq))",
+)
 # Every value is a placeholder so that PyMySQL's executemany sends one multi-row INSERT (a literal in the
 # VALUES tuple makes it fall back to one statement per row).
-_UPSERT_HEADS = (
-    "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq) VALUES (%s, %s, %s, %s)"
-    " ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq))"
-)
 _UPSERT_JOINED = (
     "INSERT INTO user_convs (user_id, conv, last_seq, acked_seq, read_seq) VALUES (%s, %s, %s, %s, %s)"
     " ON DUPLICATE KEY UPDATE last_seq = GREATEST(last_seq, VALUES(last_seq)),"
@@ -406,7 +613,7 @@ class MysqlMessageStore:
         rows = [_message_row(m) for m in messages]
 
         def insert(cursor: Any) -> None:
-            cursor.executemany(_INSERT_MESSAGES, rows)
+            execute_rows(cursor, _INSERT_MESSAGES, MESSAGE_ROW, rows)
 
         return _interact(self._pool, insert)
 
@@ -440,13 +647,15 @@ class MysqlMessageStore:
             assignment = assign_seqs(batch, existing, last)
             if assignment.new:
                 try:
-                    cursor.executemany(_INSERT_NEW_MESSAGES, [_message_row(m) for m in assignment.new])
+                    execute_rows(cursor, _INSERT_NEW_MESSAGES, MESSAGE_ROW, [_message_row(m) for m in assignment.new])
                 except pymysql.err.IntegrityError as error:
                     if error.args and error.args[0] == ER_DUP_ENTRY:
                         raise StaleSequenceError(str(error.args[-1])) from error
                     raise
                 heads = conversation_heads(batch, assignment.new)
-                cursor.executemany(_UPSERT_HEADS, [(uid, conv, seq, 0) for (uid, conv), seq in sorted(heads.items())])
+                prefix, postfix = _UPSERT_HEADS
+                rows = [(uid, conv, seq, 0) for (uid, conv), seq in sorted(heads.items())]
+                execute_rows(cursor, prefix, HEAD_ROW, rows, postfix)
             return assignment
 
         return _interact(self._pool, commit)

@@ -21,6 +21,7 @@ from typing import Any
 from unittest import mock
 
 import pymysql
+from pymysql.constants import SERVER_STATUS
 from twisted.enterprise import adbapi
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.protocols import portforward
@@ -33,6 +34,7 @@ from gochat.logic.batch_writer import BatchPolicy, BatchWriter
 from gochat.logic.interfaces import StaleSequenceError
 from gochat.logic.mysql_store import (
     MAX_BODY_BYTES,
+    MESSAGE_ROW,
     MysqlAccountStore,
     MysqlGroupStore,
     MysqlMessageStore,
@@ -44,6 +46,7 @@ from gochat.logic.persist import Committed, PersistWorker
 from gochat.model import GroupRole, MessageKind, PersistRequest, StoredMessage
 from tests.integration.services import require_service
 from tests.store_contract import StoreContract, member
+from tests.test_mysql_literals import NASTY as NASTY_TEXT
 
 MYSQL_HOST = os.environ.get("GOCHAT_MYSQL_HOST", "127.0.0.1")
 MYSQL_PORT = int(os.environ.get("GOCHAT_MYSQL_PORT", "3306"))
@@ -724,6 +727,105 @@ class MysqlStoreTests(StoreContract, TestCase):
                 self.assertEqual(caught.exception.code, ErrorCode.BAD_REQUEST)
         self.assertEqual(len(self.messages.writer), 0)
         self.assertEqual(await self.messages.count(), 2)
+
+    async def test_escaped_text_round_trips(self) -> None:
+        """Generated text full of what needs escaping (quotes, backslashes, NUL, CR, LF, Ctrl-Z) and non-ASCII
+        goes through each write path (append, insert_batch, commit_batch and its index upsert) and reads back
+        exactly; the statements are built by SqlLiterals, not PyMySQL (tests/test_mysql_literals.py compares)."""
+        await self.start(BatchPolicy(max_batch=40, max_delay=0.002))
+        rng = random.Random(3)
+
+        def nasty(length: int) -> str:
+            return "".join(rng.choices(NASTY_TEXT, k=rng.randrange(length + 1)))
+
+        convs = [f"g:{nasty(20)}" for _ in range(5)]
+        appended = [
+            message(seq, cmid=f"a{seq}{nasty(30)}", conv=convs[seq % 5], body=nasty(300) or "x")
+            for seq in range(1, 121)
+        ]
+        appended = [dataclasses.replace(m, sender=nasty(60)) for m in appended]
+        await gatherResults([self.messages.append(m) for m in appended[:80]])
+        await self.messages.insert_batch(appended[80:])
+        requests = [
+            request(n, cmid=f"r{n}{nasty(30)}", conv=convs[n % 5], body=nasty(300) or "y") for n in range(200, 260)
+        ]
+        assignment = await self.messages.commit_batch(requests, {})
+        self.assertEqual(len(assignment.new), len(requests))
+        again = await self.messages.commit_batch(requests, {})
+        self.assertEqual((again.results, again.new), (assignment.results, []))
+        for conv in convs:
+            expected = sorted([m for m in [*appended, *assignment.new] if m.conv == conv], key=lambda m: m.seq)
+            self.assertEqual(await self.messages.messages_in(conv, 0, 1000), expected)
+        heads = self.query("SELECT conv, MAX(last_seq) FROM user_convs GROUP BY conv")
+        self.assertEqual(
+            {conv: int(seq) for conv, seq in heads},
+            {conv: max(m.seq for m in assignment.new if m.conv == conv) for conv in convs},
+        )
+
+    def test_escaping_without_backslashes(self) -> None:
+        """In a session with NO_BACKSLASH_ESCAPES (quotes doubled, backslashes literal) the same rows round-trip
+        too, and a quote cannot end a value early."""
+        self.migrate_database()
+        rng = random.Random(4)
+        rows = [
+            (n, "d:1:2", n, 1, "s", f"m{n}", "".join(rng.choices(NASTY_TEXT, k=rng.randrange(200))), n, "text", 0)
+            for n in range(1, 201)
+        ]
+        rows.append((999, "d:1:2", 999, 1, "s", "evil", "\\'); DELETE FROM messages; -- '", 0, "text", 0))
+        connection = admin_connection(self.database)
+        try:
+            cursor = connection.cursor()
+            cursor.execute("SET SESSION sql_mode = CONCAT(@@sql_mode, ',NO_BACKSLASH_ESCAPES')")
+            self.assertTrue(connection.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES)
+            self.assertEqual(mysql_store.execute_rows(cursor, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, rows), 201)
+            cursor.execute("SELECT msg_id, body FROM messages ORDER BY msg_id")
+            self.assertEqual(cursor.fetchall(), tuple((row[0], row[6]) for row in rows))
+        finally:
+            connection.close()
+
+    async def test_batches_are_split_below_max_allowed_packet(self) -> None:
+        """A batch of large bodies made of quotes (each escaped to twice its size) goes in statements of at most
+        1,024,000 bytes or max_allowed_packet, one row alone past that; with a smaller packet limit, in smaller
+        statements; a row that cannot fit in one packet fails its batch before anything is sent, and the
+        connection stays usable."""
+        await self.start(BatchPolicy(max_batch=10, max_delay=0.002))
+        [(packet,)] = self.query("SELECT @@max_allowed_packet")
+        body = "'\\" * 700_000  # 2.8 MB escaped: over PyMySQL's statement size, within the packet
+        self.assertGreater(2 * len(body), mysql_store.MAX_STATEMENT_BYTES)
+        self.assertLess(2 * len(body) + 1000, packet)
+        big = [message(seq, body=body if seq % 2 else "short") for seq in range(1, 9)]
+        await gatherResults([self.messages.append(m) for m in big])
+        self.assertEqual(self.messages.writer.batches_written, 1)
+        self.assertEqual(
+            self.query("SELECT seq, LENGTH(body) FROM messages ORDER BY seq"),
+            [(m.seq, len(m.body)) for m in big],
+        )
+
+        rows = [mysql_store._message_row(message(seq, body='"x' * 20_000)) for seq in range(100, 130)]
+        connection = admin_connection(self.database)
+        try:
+            cursor = connection.cursor()
+            mysql_store._max_allowed_packet[connection] = 100_000
+            sent: list[int] = []
+            execute = cursor.execute
+
+            def recorded(sql: Any, args: Any = None) -> Any:
+                sent.append(len(sql))
+                return execute(sql, args)
+
+            cursor.execute = recorded
+            self.assertEqual(mysql_store.execute_rows(cursor, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, rows), 30)
+            self.assertGreater(len(sent), 5)
+            self.assertLess(max(sent), 100_000)
+            too_big = mysql_store._message_row(message(200, body="y" * 100_000))
+            with self.assertRaises(pymysql.err.OperationalError) as raised:
+                mysql_store.execute_rows(cursor, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, [rows[0], too_big])
+            self.assertEqual(raised.exception.args[0], mysql_store.ER_NET_PACKET_TOO_LARGE)
+            sent.clear()
+            cursor.execute("SELECT COUNT(*) FROM messages WHERE seq >= 100")
+            self.assertEqual(cursor.fetchone(), (30,))
+        finally:
+            connection.close()
 
     async def test_messages_in_order_and_paging(self) -> None:
         """messages_in reads one conversation in seq order, after a seq, a page at a time."""
