@@ -295,6 +295,55 @@ def check_fits(message: StoredMessage | PersistRequest) -> None:
     columns; numbers within their column types; ``kind`` one of
     :attr:`MessageKind.ALL <gochat.model.MessageKind.ALL>`.
     """
+    if _fits_plainly(message):
+        return
+    problems = _problems(message)
+    if problems:
+        raise GochatError(ErrorCode.BAD_REQUEST, f"message {message.msg_id} cannot be stored: {'; '.join(problems)}")
+
+
+def _fits_plainly(message: StoredMessage | PersistRequest) -> bool:
+    """Whether *message* fits, known cheaply (it runs for every message): values of exactly their types, within
+    their columns, text ASCII (or encoded once to find out). False means "look closer": :func:`_problems` decides;
+    True only where it finds none."""
+    conv, sender, client_msg_id, body, kind = (
+        message.conv,
+        message.sender,
+        message.client_msg_id,
+        message.body,
+        message.kind,
+    )
+    msg_id, sender_id, ts, ref_seq = message.msg_id, message.sender_id, message.ts, message.ref_seq
+    seq = message.seq if isinstance(message, StoredMessage) else 0
+    if not (
+        str is type(conv) is type(sender) is type(client_msg_id) is type(body) is type(kind)
+        and int is type(msg_id) is type(seq) is type(sender_id) is type(ts) is type(ref_seq)
+    ):
+        return False
+    if not (
+        len(conv) <= MAX_CONV_LENGTH
+        and len(sender) <= MAX_SENDER_LENGTH
+        and len(client_msg_id) <= MAX_CLIENT_MSG_ID_LENGTH
+        and kind in MessageKind.ALL
+        and 0 <= msg_id < _UNSIGNED_64
+        and 0 <= seq < _UNSIGNED_64
+        and 0 <= sender_id < _UNSIGNED_64
+        and 0 <= ref_seq < _UNSIGNED_64
+        and -_SIGNED_64 <= ts < _SIGNED_64
+    ):
+        return False
+    try:
+        if not (conv.isascii() and sender.isascii() and client_msg_id.isascii()):
+            conv.encode("utf-8")
+            sender.encode("utf-8")
+            client_msg_id.encode("utf-8")
+        return (len(body) if body.isascii() else len(body.encode("utf-8"))) <= MAX_BODY_BYTES
+    except UnicodeEncodeError:
+        return False
+
+
+def _problems(message: StoredMessage | PersistRequest) -> list[str]:
+    """What keeps *message* out of the database, each said (:func:`check_fits`)."""
     seq = message.seq if isinstance(message, StoredMessage) else 0
     problems = _text_problems(
         ("conv", message.conv, MAX_CONV_LENGTH),
@@ -315,8 +364,7 @@ def check_fits(message: StoredMessage | PersistRequest) -> None:
     )
     if not -_SIGNED_64 <= message.ts < _SIGNED_64:
         problems.append("ts is outside the signed 64-bit range")
-    if problems:
-        raise GochatError(ErrorCode.BAD_REQUEST, f"message {message.msg_id} cannot be stored: {'; '.join(problems)}")
+    return problems
 
 
 def _message_row(message: StoredMessage) -> tuple[object, ...]:
