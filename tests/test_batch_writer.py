@@ -1,13 +1,15 @@
-"""Tests for :mod:`gochat.logic.batch_writer`: batching, ordering, retries and draining."""
+"""Tests for :mod:`gochat.logic.batch_writer`: batching, ordering, retries and draining, one batch at a time
+and overlapping (:meth:`~gochat.logic.batch_writer.BatchWriter.overlapping`)."""
 
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic.batch_writer import BatchPolicy, BatchWriter
+from gochat.logic.batch_writer import BatchPolicy, BatchWriter, EarlierBatchError
 
 
 class SinkError(Exception):
@@ -349,3 +351,220 @@ class ReentrancyTests(BatchWriterTestCase):
         self.clock.advance(10)
         self.assertEqual(self.sink.calls, [["a", "b"], ["x"]])
         self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+class FakeOrderedSink:
+    """An ordered sink (:meth:`BatchWriter.overlapping`): each call's batch is written when the test says
+    ``ready``, and then commits once its ``after`` has fired; if ``after`` failed, the call fails with
+    EarlierBatchError without committing. ``fail`` fails a call on its own."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.deferreds: list[Deferred[None]] = []
+        self.committed: list[list[str]] = []
+        self._after: list[list[object]] = []
+        self._ready: list[bool] = []
+
+    def __call__(self, items: list[str], after: Deferred[None]) -> Deferred[None]:
+        index = len(self.calls)
+        self.calls.append(list(items))
+        self.deferreds.append(Deferred())
+        self._after.append([])
+        self._ready.append(False)
+
+        def settled(result: object) -> None:
+            self._after[index].append(result)
+            self._maybe_commit(index)
+
+        after.addBoth(settled)
+        return self.deferreds[index]
+
+    def ready(self, index: int = -1) -> None:
+        """The call's batch is written; it commits as soon as the batch before has."""
+        index %= len(self.calls)
+        self._ready[index] = True
+        self._maybe_commit(index)
+
+    def fail(self, index: int = -1) -> None:
+        self.deferreds[index].errback(SinkError("write failed"))
+
+    def _maybe_commit(self, index: int) -> None:
+        if self.deferreds[index].called or not self._after[index] or not self._ready[index]:
+            return
+        [outcome] = self._after[index]
+        if isinstance(outcome, Failure):
+            self.deferreds[index].errback(EarlierBatchError("the batch before was not committed"))
+        else:
+            self.committed.append(self.calls[index])
+            self.deferreds[index].callback(None)
+
+
+class OverlappingTests(SynchronousTestCase):
+    """BatchWriter.overlapping: batch N+1 is written while N commits; commits, acks and retries stay in order."""
+
+    policy = BatchPolicy(max_batch=3, max_delay=0.5, max_pending=100, retry_initial=0.25, retry_max=1.0)
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.sink = FakeOrderedSink()
+        self.writer: BatchWriter[str] = BatchWriter.overlapping(self.sink, self.clock, self.policy, depth=2)
+        self.fired: list[str] = []
+
+    def add(self, items: str) -> list[Deferred[None]]:
+        ds = [self.writer.add(x) for x in items]
+        for x, d in zip(items, ds, strict=True):
+            d.addCallback(lambda _, x=x: self.fired.append(x))
+        return ds
+
+    def test_depth_must_be_positive(self) -> None:
+        self.assertRaises(ValueError, BatchWriter.overlapping, self.sink, self.clock, self.policy, 0)
+
+    def test_up_to_depth_batches_handed_out(self) -> None:
+        """Two full batches go at once; the third waits for the first to commit."""
+        self.add("abcdefghi")
+        self.assertEqual(self.sink.calls, [list("abc"), list("def")])
+        self.assertEqual(len(self.writer), 3)
+        self.clock.advance(10)
+        self.assertEqual(len(self.sink.calls), 2)
+        self.sink.ready(0)
+        self.assertEqual(self.fired, list("abc"))
+        self.assertEqual(self.sink.calls[-1], list("ghi"))
+
+    def test_later_batch_commits_and_acks_after_the_earlier(self) -> None:
+        """Batch 2 written first still commits, and its items are acknowledged, only after batch 1's."""
+        first = self.add("abc")
+        second = self.add("def")
+        self.sink.ready(1)
+        self.assertEqual(self.sink.committed, [])
+        for d in [*first, *second]:
+            self.assertNoResult(d)
+        self.sink.ready(0)
+        self.assertEqual(self.sink.committed, [list("abc"), list("def")])
+        self.assertEqual(self.fired, list("abcdef"))
+        self.assertEqual(self.writer.batches_written, 2)
+
+    def test_acks_stay_in_order_even_if_a_sink_commits_out_of_order(self) -> None:
+        """A sink that fires batch 2 before batch 1 (against the contract) still gets its acks in order."""
+        self.add("abcdef")
+        self.sink.deferreds[1].callback(None)
+        self.assertEqual(self.fired, [])
+        self.sink.deferreds[0].callback(None)
+        self.assertEqual(self.fired, list("abcdef"))
+
+    def test_a_partial_batch_goes_after_the_delay_while_another_is_in_flight(self) -> None:
+        self.add("abcd")
+        self.assertEqual(self.sink.calls, [list("abc")])
+        self.clock.advance(0.5)
+        self.assertEqual(self.sink.calls, [list("abc"), ["d"]])
+        self.sink.ready(1)
+        self.sink.ready(0)
+        self.assertEqual(self.fired, list("abcd"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_failure_fails_the_batch_after_and_both_are_retried_in_order(self) -> None:
+        """Batch 1 fails while batch 2 waits to commit: batch 2 is not committed, counts as no failure of its
+        own, and both are written again, in order, after the backoff; nothing is acknowledged before."""
+        ds = self.add("abcdefg")
+        self.sink.ready(1)
+        self.sink.fail(0)
+        self.assertEqual(self.sink.committed, [])
+        self.assertEqual(self.writer.write_failures, 1)
+        self.assertEqual(len(self.flushLoggedErrors(SinkError)), 1)
+        self.assertEqual(len(self.flushLoggedErrors(EarlierBatchError)), 0)
+        self.clock.advance(0.125)
+        self.assertEqual(len(self.sink.calls), 2)
+        self.clock.advance(0.125)
+        self.assertEqual(self.sink.calls[2:], [list("abc"), list("def")])
+        self.sink.ready(3)
+        self.sink.ready(2)
+        self.assertEqual(self.sink.committed, [list("abc"), list("def")])
+        self.assertEqual(len(self.sink.calls), 4)  # the rest only after the retried batches, and the delay
+        self.clock.advance(0.5)
+        self.assertEqual(self.sink.calls[4:], [["g"]])
+        self.sink.ready(4)
+        self.assertEqual(self.fired, list("abcdefg"))
+        for d in ds:
+            self.successResultOf(d)
+
+    def test_retry_waits_for_every_batch_handed_out(self) -> None:
+        """Batch 1 fails while batch 2 is still being written: nothing is written again until batch 2 has come
+        back (failed: the one before was not committed); then the backoff, then both in order."""
+        self.add("abcdef")
+        self.sink.fail(0)
+        self.clock.advance(1.0)
+        self.assertEqual(len(self.sink.calls), 2)
+        self.sink.ready(1)
+        self.assertEqual(self.sink.committed, [])
+        self.clock.advance(0.125)
+        self.assertEqual(len(self.sink.calls), 2)
+        self.clock.advance(0.125)
+        self.assertEqual(self.sink.calls[2:], [list("abc"), list("def")])
+        self.sink.ready(2)
+        self.sink.ready(3)
+        self.assertEqual(self.fired, list("abcdef"))
+        self.assertEqual(self.writer.write_failures, 1)
+        self.flushLoggedErrors(SinkError)
+
+    def test_later_batch_failing_alone_is_retried_after_the_earlier_commits(self) -> None:
+        """Batch 2 fails on its own while batch 1 is in flight: batch 1 commits and is acknowledged, then
+        batch 2 is written again after the backoff, and the batch after it only then."""
+        self.add("abcdef")
+        self.sink.fail(1)
+        self.add("ghi")
+        self.assertEqual(len(self.sink.calls), 2)  # nothing new is handed out while a failed batch waits
+        self.sink.ready(0)
+        self.assertEqual(self.fired, list("abc"))
+        self.assertEqual(len(self.sink.calls), 2)
+        self.clock.advance(0.25)
+        self.assertEqual(self.sink.calls[2:], [list("def"), list("ghi")])
+        self.sink.ready(2)
+        self.sink.ready(3)
+        self.assertEqual(self.fired, list("abcdefghi"))
+        self.assertEqual(self.sink.committed, [list("abc"), list("def"), list("ghi")])
+        self.assertEqual(len(self.flushLoggedErrors(SinkError)), 1)
+
+    def test_backoff_grows_per_round_and_resets(self) -> None:
+        """Each retry round waits twice as long as the last (capped); a commit resets it."""
+        self.add("abcdef")
+        for attempt, delay in enumerate((0.25, 0.5, 1.0), start=1):
+            self.sink.fail(-2)
+            self.sink.ready(-1)  # comes back failed: the batch before was not committed
+            self.clock.advance(delay - 0.125)
+            self.assertEqual(len(self.sink.calls), 2 * attempt)
+            self.clock.advance(0.125)
+            self.assertEqual(len(self.sink.calls), 2 * attempt + 2)
+        self.sink.ready(-1)
+        self.sink.ready(-2)
+        self.assertEqual(self.fired, list("abcdef"))
+        self.add("xyz")
+        self.sink.fail()
+        self.clock.advance(0.25)
+        self.assertEqual(self.sink.calls[-1], list("xyz"))
+        self.assertEqual(self.writer.write_failures, 4)
+        self.flushLoggedErrors(SinkError)
+
+    def test_stop_drains_every_batch_in_flight(self) -> None:
+        ds = self.add("abcdefg")
+        stopped = self.writer.stop()
+        self.assertRaises(GochatError, self.writer.add, "z")
+        self.sink.ready(1)
+        self.sink.ready(0)
+        self.assertNoResult(stopped)
+        self.assertEqual(self.sink.calls[-1], ["g"])
+        self.sink.ready(2)
+        self.successResultOf(stopped)
+        for d in ds:
+            self.successResultOf(d)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_items_added_by_ack_callbacks_queue_behind(self) -> None:
+        """Acknowledgement callbacks that add items never overtake batches already handed out."""
+        first = self.add("abc")
+        first[0].addCallback(lambda _: self.add("xyz"))
+        self.add("def")
+        self.sink.ready(0)
+        self.assertEqual(self.sink.calls, [list("abc"), list("def"), list("xyz")])
+        self.sink.ready(2)
+        self.assertEqual(self.fired, list("abc"))
+        self.sink.ready(1)
+        self.assertEqual(self.fired, list("abcdefxyz"))

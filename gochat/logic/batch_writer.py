@@ -1,25 +1,36 @@
 """Buffer items and write them in batches, one transaction per batch.
 
 Callers get a Deferred per item that fires only after the batch holding it
-has been written (committed) by the sink. Batches are written one at a time,
-in order, so an item is never committed before an item added earlier. A
-failed write is retried with exponential backoff, the same batch again,
-until it succeeds: nothing is acknowledged that is not written, and nothing
-is reordered. While the backlog is over ``max_pending`` new items are
-refused with ``unavailable`` so memory stays bounded.
+has been written (committed) by the sink. Batches commit in order, so an item
+is never committed before an item added earlier, and item Deferreds fire in
+the order the items were added. A failed write is retried with exponential
+backoff, the same batch again, until it succeeds: nothing is acknowledged
+that is not written, and nothing is reordered. While the backlog is over
+``max_pending`` new items are refused with ``unavailable`` so memory stays
+bounded.
 
 The sink is any function taking a list of items and returning a Deferred
 that fires once they are committed, e.g. ``executemany`` in one
-``runInteraction``.
+``runInteraction``. The writer hands it one batch at a time.
+
+:meth:`BatchWriter.overlapping` hands an *ordered sink* up to ``depth``
+batches at a time: batch N+1 is written while batch N commits. The sink also
+gets a Deferred, ``after``, that fires once the batch before has been
+committed and acknowledged, or fails (:class:`EarlierBatchError`) if it was
+not; the sink may write before ``after`` fires, but must not commit before
+it, and must not commit at all if it fails. So batches still commit in order;
+when one fails, those after it fail too and all are retried, in order, once
+every batch handed out has come back.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -41,17 +52,55 @@ class BatchPolicy:
     retry_max: float = 5.0
 
 
+class EarlierBatchError(Exception):
+    """What ``after`` fails with when the batch before was not committed: the ordered sink must not commit."""
+
+
+#: An ordered sink: the items, and ``after``, which fires once the batch before is committed (or fails if not).
+OrderedSink = Callable[[list[T], Deferred[None]], Deferred[None]]
+
+_Batch = list[tuple[T, Deferred[None]]]
+
+
+@dataclass(eq=False)
+class _Flight(Generic[T]):
+    """A batch handed to the sink: its place in the order of batches, and its own ``after`` for the next one."""
+
+    order: int
+    batch: _Batch[T]
+    done: Deferred[None]
+    committed: bool = False
+
+
 class BatchWriter(Generic[T]):
-    """Groups items into batches for *sink*, driven by *clock*."""
+    """Groups items into batches for *sink*, driven by *clock*; one batch written at a time."""
 
     def __init__(self, sink: Callable[[list[T]], Deferred[None]], clock: IReactorTime, policy: BatchPolicy) -> None:
+        self._setup(lambda items, _after: sink(items), clock, policy, depth=1)
+
+    @classmethod
+    def overlapping(cls, sink: OrderedSink[T], clock: IReactorTime, policy: BatchPolicy, depth: int) -> BatchWriter[T]:
+        """A writer with up to *depth* batches handed to the ordered *sink* at a time (see the module)."""
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, not {depth}")
+        writer: BatchWriter[T] = cls.__new__(cls)
+        writer._setup(sink, clock, policy, depth)
+        return writer
+
+    def _setup(self, sink: OrderedSink[T], clock: IReactorTime, policy: BatchPolicy, depth: int) -> None:
         self._sink = sink
         self._clock = clock
         self._policy = policy
-        self._pending: list[tuple[T, Deferred[None]]] = []
-        self._writing = False
+        self._depth = depth
+        self._pending: _Batch[T] = []
+        self._flights: deque[_Flight[T]] = deque()
+        self._next_order = 0
+        self._failed: list[tuple[int, _Batch[T]]] = []  # batches whose write failed, waiting for the retry
+        self._retry: deque[tuple[int, _Batch[T]]] = deque()  # batches to write again, before anything else
+        self._retry_timer: IDelayedCall | None = None
         self._timer: IDelayedCall | None = None
         self._retry_delay = policy.retry_initial
+        self._busy = 0  # inside _pump, or firing item Deferreds: items added meanwhile only queue
         self._stopping = False
         self._idle_waiters: list[Deferred[None]] = []
         self.batches_written = 0
@@ -68,21 +117,20 @@ class BatchWriter(Generic[T]):
             raise GochatError(ErrorCode.UNAVAILABLE, "the store is behind; retry")
         d: Deferred[None] = Deferred()
         self._pending.append((item, d))
-        if not self._writing:
+        if not self._busy and self._can_write():
             if len(self._pending) >= self._policy.max_batch:
-                self._write_next()
+                self._pump()
             elif self._timer is None:
                 self._timer = self._clock.callLater(self._policy.max_delay, self._timer_fired)
         return d
 
     def flush(self) -> Deferred[None]:
         """Write everything queued now; fires once all of it is committed."""
-        if not self._pending and not self._writing:
+        if self._idle():
             return succeed(None)
         d: Deferred[None] = Deferred()
         self._idle_waiters.append(d)
-        if not self._writing:
-            self._write_next()
+        self._pump()
         return d
 
     def stop(self) -> Deferred[None]:
@@ -90,51 +138,97 @@ class BatchWriter(Generic[T]):
         self._stopping = True
         return self.flush()
 
+    def _idle(self) -> bool:
+        """Nothing queued, handed out, or waiting to be written again."""
+        return not (self._pending or self._flights or self._failed or self._retry or self._retry_timer)
+
+    def _can_write(self) -> bool:
+        """Whether a new batch may be handed to the sink now: no failed batch waits, and there is room."""
+        return not (self._failed or self._retry or self._retry_timer) and len(self._flights) < self._depth
+
     def _timer_fired(self) -> None:
         self._timer = None
-        if not self._writing:
-            self._write_next()
+        self._pump(partial=True)
 
-    def _write_next(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        if not self._pending:
+    def _pump(self, partial: bool = False) -> None:
+        """Hand out what may go now, in order: batches to retry first, then full batches, then a partial one if
+        the delay is over or someone waits for a flush; then arm the timer, or fire the flush waiters."""
+        if self._busy:
+            return  # the pump below, or the one after the item Deferreds fire, sees the new state
+        self._busy += 1
+        try:
+            while len(self._flights) < self._depth and not (self._failed or self._retry_timer):
+                if self._retry:
+                    order, batch = self._retry.popleft()
+                elif self._pending and (partial or self._idle_waiters or len(self._pending) >= self._policy.max_batch):
+                    partial = False
+                    batch = self._pending[: self._policy.max_batch]
+                    del self._pending[: len(batch)]
+                    order, self._next_order = self._next_order, self._next_order + 1
+                    if self._timer is not None and self._timer.active():
+                        self._timer.cancel()
+                    self._timer = None
+                else:
+                    break
+                self._launch(order, batch)
+        finally:
+            self._busy -= 1
+        if self._failed and not self._flights and self._retry_timer is None:
+            # Every batch handed out has come back: write the failed ones again, in order, after the backoff.
+            delay = self._retry_delay
+            self._retry_delay = min(self._retry_delay * 2, self._policy.retry_max)
+            self._retry_timer = self._clock.callLater(delay, self._retry_failed)
+        if self._pending and self._timer is None and self._can_write():
+            self._timer = self._clock.callLater(self._policy.max_delay, self._timer_fired)
+        if self._idle() and self._idle_waiters:
             waiters, self._idle_waiters = self._idle_waiters, []
             for waiter in waiters:
                 waiter.callback(None)
-            return
-        batch = self._pending[: self._policy.max_batch]
-        del self._pending[: len(batch)]
-        self._writing = True
-        self._attempt(batch)
 
-    def _attempt(self, batch: list[tuple[T, Deferred[None]]]) -> None:
+    def _launch(self, order: int, batch: _Batch[T]) -> None:
+        after: Deferred[None] = self._flights[-1].done if self._flights else succeed(None)
+        flight = _Flight(order, batch, Deferred())
+        self._flights.append(flight)
         try:
-            d = self._sink([item for item, _ in batch])
+            d = self._sink([item for item, _ in batch], after)
         except Exception:
-            d = Deferred()
-            d.errback(Failure())
-        d.addCallbacks(self._written, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+            d = fail(Failure())
+        d.addCallbacks(self._written, self._failed_write, callbackArgs=(flight,), errbackArgs=(flight,))
 
-    def _written(self, _: object, batch: list[tuple[T, Deferred[None]]]) -> None:
+    def _written(self, _: object, flight: _Flight[T]) -> None:
         self._retry_delay = self._policy.retry_initial
-        self.batches_written += 1
-        # Still "writing" while callbacks run: items they add only queue, and
-        # what to write next is decided once, below, on the final state.
-        for _item, waiter in batch:
-            waiter.callback(None)
-        self._writing = False
-        if self._pending and (len(self._pending) >= self._policy.max_batch or self._idle_waiters):
-            self._write_next()
-        elif self._pending:
-            self._timer = self._clock.callLater(self._policy.max_delay, self._timer_fired)
-        else:
-            self._write_next()
+        flight.committed = True
+        # Acknowledge in order: a batch's items only once every batch before it is acknowledged.
+        while self._flights and self._flights[0].committed:
+            done = self._flights.popleft()
+            self.batches_written += 1
+            self._busy += 1
+            try:
+                for _item, waiter in done.batch:
+                    waiter.callback(None)
+            finally:
+                self._busy -= 1
+            done.done.callback(None)
+        self._pump()
 
-    def _failed(self, failure: Failure, batch: list[tuple[T, Deferred[None]]]) -> None:
-        self.write_failures += 1
-        delay = self._retry_delay
-        self._retry_delay = min(self._retry_delay * 2, self._policy.retry_max)
-        _log.failure("batch of {size} failed; retrying in {delay:.2f}s", failure, size=len(batch), delay=delay)
-        self._clock.callLater(delay, self._attempt, batch)
+    def _failed_write(self, failure: Failure, flight: _Flight[T]) -> None:
+        if not failure.check(EarlierBatchError):  # not a failure of its own: the one before failed
+            self.write_failures += 1
+            _log.failure(
+                "batch of {size} failed; retrying in {delay:.2f}s",
+                failure,
+                size=len(flight.batch),
+                delay=self._retry_delay,
+            )
+        self._flights.remove(flight)
+        self._failed.append((flight.order, flight.batch))
+        # The batch after it (if handed out) must not commit; nobody else waits on this.
+        flight.done.errback(EarlierBatchError(f"batch {flight.order} was not committed"))
+        flight.done.addErrback(lambda _: None)
+        self._pump()
+
+    def _retry_failed(self) -> None:
+        self._retry_timer = None
+        self._retry.extend(sorted(self._failed, key=lambda failed: failed[0]))
+        self._failed = []
+        self._pump()

@@ -6,7 +6,7 @@ The same interfaces as :mod:`gochat.logic.sqlite_store`
 :class:`~gochat.logic.interfaces.IGroupStore`), over the schema of
 :mod:`gochat.logic.migrate`.
 
-Two ways in for messages, each one transaction and one ``executemany`` per batch:
+Two ways in for messages, each one transaction and one multi-row ``INSERT`` per batch:
 
 :meth:`MysqlMessageStore.commit_batch` (the interface; the persist worker's path)
     Seqs are assigned inside the transaction: it reads which requests are
@@ -24,7 +24,11 @@ Two ways in for messages, each one transaction and one ``executemany`` per batch
     ``INSERT IGNORE``: a redelivered batch is a no-op for every row already
     stored, whichever unique key (``msg_id``, ``(conv, seq)``,
     ``(sender_id, client_msg_id)``) it hits. ``append`` goes through the shared
-    :class:`~gochat.logic.batch_writer.BatchWriter`.
+    :class:`~gochat.logic.batch_writer.BatchWriter`, overlapping: the next
+    batch is written on a second connection while the one before commits, and
+    commits only after it (:meth:`MysqlMessageStore._write_after`), so batches
+    still commit, and are acknowledged, in order. The persist worker's batches
+    do not overlap: each one's seqs depend on the one before.
 
 The multi-row statements of both are built here (:class:`SqlLiterals`), not by
 PyMySQL's ``executemany``: the same bytes, split into statements the same way,
@@ -50,6 +54,7 @@ adding or removing members) are not retried.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -66,7 +71,7 @@ from twisted.python.failure import Failure
 
 from gochat.errors import ErrorCode, GochatError
 from gochat.logic import migrate
-from gochat.logic.batch_writer import BatchPolicy, BatchWriter
+from gochat.logic.batch_writer import BatchPolicy, BatchWriter, EarlierBatchError
 from gochat.logic.interfaces import Account, ConversationState, Group, Member, StaleSequenceError
 from gochat.logic.sequencing import Assignment, assign_seqs, conversation_heads
 from gochat.model import MessageKind, PersistRequest, StoredMessage
@@ -108,10 +113,11 @@ class MysqlSettings:
     """Where the database is and how the pool talks to it.
 
     ``pool_min``/``pool_max`` bound the pool's threads, one connection each.
-    The batch writer holds at most one of them at a time (it writes one
-    batch after another), so reads always have ``pool_max - 1``; and the
-    pool's queue is first in, first out, so a burst of reads delays the next
-    batch only by the reads queued before it, never indefinitely.
+    The persist worker's batch writer holds at most one of them at a time (it
+    writes one batch after another), ``append``'s at most two (its batches
+    overlap), so reads always have the rest; and the pool's queue is first in,
+    first out, so a burst of reads delays the next batch only by the reads
+    queued before it, never indefinitely.
     Timeouts are in seconds; a read or write timeout turns a stalled server
     into a failure (and a retry) instead of a thread blocked forever.
     """
@@ -650,18 +656,67 @@ def _unread_counts(cursor: Any, user_id: int, ranges: Sequence[tuple[str, int, i
     return counts
 
 
-class MysqlMessageStore:
-    """:class:`~gochat.logic.interfaces.IMessageStore` on MySQL/MariaDB, written in batches."""
+class CommitOrderTimeoutError(Exception):
+    """A batch written while the one before was committing gave up waiting for it (and rolled back)."""
 
-    def __init__(self, pool: adbapi.ConnectionPool, clock: IReactorTime, policy: BatchPolicy) -> None:
+
+class MysqlMessageStore:
+    """:class:`~gochat.logic.interfaces.IMessageStore` on MySQL/MariaDB, written in batches.
+
+    ``append``'s writer has up to *overlap* batches in flight (1: one after
+    another); ``commit_wait`` bounds how long a batch waits for the one before
+    to commit (:meth:`_write_after`).
+    """
+
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        clock: IReactorTime,
+        policy: BatchPolicy,
+        overlap: int = 2,
+        commit_wait: float = 2.0,
+    ) -> None:
         self._pool = pool
-        self.writer: BatchWriter[StoredMessage] = BatchWriter(self._write, clock, policy)
+        self._commit_wait = commit_wait
+        self.writer: BatchWriter[StoredMessage] = BatchWriter.overlapping(self._write_after, clock, policy, overlap)
 
     def _write(self, messages: list[StoredMessage]) -> Deferred[None]:
         rows = [_message_row(m) for m in messages]
 
         def insert(cursor: Any) -> None:
             execute_rows(cursor, _INSERT_MESSAGES, MESSAGE_ROW, rows)
+
+        return _interact(self._pool, insert)
+
+    def _write_after(self, messages: list[StoredMessage], after: Deferred[None]) -> Deferred[None]:
+        """Insert *messages* in one transaction that commits only once *after* has fired, i.e. once the batch
+        before is committed; if *after* fails, roll back (:class:`~gochat.logic.batch_writer.EarlierBatchError`).
+
+        The pool thread inserts first and then waits, so this batch's rows go
+        to the server while the batch before commits. It waits at most
+        ``commit_wait`` seconds, then rolls back and fails
+        (:class:`CommitOrderTimeoutError`; the writer writes it again after
+        the one before): the batch before may be waiting for a row this one
+        locked (the same row in both), and rolling back releases it.
+        """
+        rows = [_message_row(m) for m in messages]
+        before: list[object] = []  # the outcome of *after*, set in the reactor thread before `settled`
+        settled = threading.Event()
+
+        def record(result: object) -> None:
+            before.append(result)
+            settled.set()
+
+        after.addBoth(record)
+
+        def insert(cursor: Any) -> None:
+            if settled.is_set() and isinstance(before[0], Failure):
+                raise EarlierBatchError("the batch before was not committed")
+            execute_rows(cursor, _INSERT_MESSAGES, MESSAGE_ROW, rows)
+            if not settled.wait(self._commit_wait):
+                raise CommitOrderTimeoutError(f"the batch before did not commit within {self._commit_wait:g} s")
+            if isinstance(before[0], Failure):
+                raise EarlierBatchError("the batch before was not committed")
 
         return _interact(self._pool, insert)
 

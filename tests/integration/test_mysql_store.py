@@ -23,14 +23,14 @@ from unittest import mock
 import pymysql
 from pymysql.constants import SERVER_STATUS
 from twisted.enterprise import adbapi
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.protocols import portforward
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from gochat.errors import ErrorCode, GochatError
 from gochat.logic import migrate, mysql_store
-from gochat.logic.batch_writer import BatchPolicy, BatchWriter
+from gochat.logic.batch_writer import BatchPolicy, BatchWriter, EarlierBatchError
 from gochat.logic.interfaces import StaleSequenceError
 from gochat.logic.mysql_store import (
     MAX_BODY_BYTES,
@@ -647,6 +647,99 @@ class MysqlStoreTests(StoreContract, TestCase):
         await self.messages.insert_batch([])
         self.assertEqual(await self.messages.count(), 11)
         self.assertEqual(await self.messages.messages_in("d:1:2"), [*batch, message(11)])
+
+    async def test_append_overlaps_batches_and_acknowledges_in_order(self) -> None:
+        """append hands the next batch to a second connection while one commits; acknowledgements still come
+        in the order of the appends, and every message is stored once."""
+        await self.start(BatchPolicy(max_batch=50, max_delay=0.002))
+        in_flight = 0
+        most = 0
+        write_after = self.messages._write_after
+
+        def counted(messages: list[StoredMessage], after: Deferred[None]) -> Deferred[None]:
+            nonlocal in_flight, most
+            in_flight += 1
+            most = max(most, in_flight)
+
+            def done(result: object) -> object:
+                nonlocal in_flight
+                in_flight -= 1
+                return result
+
+            return write_after(messages, after).addBoth(done)
+
+        self.messages.writer._sink = counted
+        acked: list[int] = []
+        appended = [
+            self.messages.append(message(seq)).addCallback(lambda _, seq=seq: acked.append(seq))
+            for seq in range(1, 1001)
+        ]
+        await gatherResults(appended)
+        self.assertEqual(most, 2)
+        self.assertEqual(acked, list(range(1, 1001)))
+        self.assertEqual(self.query("SELECT COUNT(*), MIN(seq), MAX(seq) FROM messages"), [(1000, 1, 1000)])
+
+    #: Rows inserted by the open transactions on the test database.
+    UNCOMMITTED_ROWS = (
+        "SELECT COALESCE(SUM(t.trx_rows_modified), 0) FROM information_schema.INNODB_TRX AS t"
+        " JOIN information_schema.PROCESSLIST AS p ON p.ID = t.trx_mysql_thread_id WHERE p.DB = %s"
+    )
+
+    async def test_overlapping_batch_commits_only_after_the_one_before(self) -> None:
+        """A batch written while the one before commits is not visible until that one committed; if that one
+        fails, it rolls back and fails with EarlierBatchError; if that one takes too long, it gives up, rolls
+        back and fails with CommitOrderTimeoutError."""
+        from twisted.internet import reactor, task
+
+        await self.start()
+        self.messages._commit_wait = 30.0
+        after: Deferred[None] = Deferred()
+        writing = self.messages._write_after([message(1), message(2)], after)
+        for _ in range(2000):  # until its rows are inserted, in a transaction not yet committed
+            if self.query(self.UNCOMMITTED_ROWS, self.database) == [(2,)]:
+                break
+            await task.deferLater(reactor, 0.005, lambda: None)
+        self.assertEqual(self.query(self.UNCOMMITTED_ROWS, self.database), [(2,)])
+        self.assertEqual(self.query("SELECT COUNT(*) FROM messages"), [(0,)])
+        self.assertNoResult(writing)
+        after.callback(None)
+        await writing
+        self.assertEqual(self.query("SELECT COUNT(*) FROM messages"), [(2,)])
+
+        failed_before: Deferred[None] = Deferred()
+        writing = self.messages._write_after([message(3)], failed_before)
+        failed_before.errback(EarlierBatchError("the one before failed"))
+        with self.assertRaises(EarlierBatchError):
+            await writing
+
+        self.messages._commit_wait = 0.2
+        with self.assertRaises(mysql_store.CommitOrderTimeoutError):
+            await self.messages._write_after([message(4)], Deferred())
+        self.assertEqual(self.query("SELECT seq FROM messages ORDER BY seq"), [(1,), (2,)])
+
+    async def test_giving_up_the_wait_releases_a_row_the_batch_before_needs(self) -> None:
+        """The same row in two batches, the later one inserted first: the earlier one waits for its lock, the
+        later one for the earlier one's commit. The later one gives up after commit_wait and rolls back, so the
+        earlier one commits (well before InnoDB's lock wait timeout); written again, the later one finds the row
+        stored (INSERT IGNORE)."""
+        from twisted.internet import reactor, task
+
+        await self.start()
+        self.messages._commit_wait = 0.5
+        later = self.messages._write_after([message(2), message(3)], Deferred())
+        for _ in range(2000):  # until its rows are inserted, in a transaction not yet committed
+            if self.query(self.UNCOMMITTED_ROWS, self.database) == [(2,)]:
+                break
+            await task.deferLater(reactor, 0.005, lambda: None)
+        started = reactor.seconds()
+        earlier = self.messages._write_after([message(1), message(2)], succeed(None))
+        with self.assertRaises(mysql_store.CommitOrderTimeoutError):
+            await later
+        await earlier
+        self.assertLess(reactor.seconds() - started, 5.0)
+        self.assertEqual(self.query("SELECT seq FROM messages ORDER BY seq"), [(1,), (2,)])
+        await self.messages._write_after([message(2), message(3)], succeed(None))
+        self.assertEqual(self.query("SELECT seq FROM messages ORDER BY seq"), [(1,), (2,), (3,)])
 
     async def test_stop_drains_the_writer(self) -> None:
         """Stopping commits everything queued before the pool closes."""
