@@ -5,7 +5,8 @@ Run from the repository root (MariaDB on 127.0.0.1:3306, user root)::
     python bench/db.py                                   # human-readable summary
     python bench/db.py --json                            # one JSON object on stdout
     python bench/db.py --json --output bench/results/db.json
-    python bench/db.py --rows 100000 --naive-rows 3000 --batch 500
+    python bench/db.py --rows 100000 --naive-rows 3000 --batch 500 --overlap 2
+    python bench/db.py --ceilings                        # also what the server and a bare client reach
 
 What is measured
 ----------------
@@ -24,9 +25,11 @@ through the production adbapi pool (:func:`gochat.logic.mysql_store.connect_pool
 
 ``batched``
     All ``--rows`` messages through ``MysqlMessageStore.append``, i.e. the
-    shared :class:`~gochat.logic.batch_writer.BatchWriter`: one
-    ``executemany`` of ``INSERT IGNORE`` in one transaction per batch of
-    ``--batch`` messages. ``--in-flight`` messages are offered at the start
+    shared :class:`~gochat.logic.batch_writer.BatchWriter`: one multi-row
+    ``INSERT IGNORE`` (written by ``SqlLiterals``) in one transaction per
+    batch of ``--batch`` messages, ``--overlap`` batches in flight on as many
+    connections (the next one is written while the one before commits, and
+    commits after it). ``--in-flight`` messages are offered at the start
     and each acknowledgement offers the next one, as that many senders each
     waiting for its ack would (offering all 100,000 at once would instead
     measure a heap of 100,000 pending Deferreds, mostly in the garbage
@@ -38,7 +41,9 @@ through the production adbapi pool (:func:`gochat.logic.mysql_store.connect_pool
     ``MysqlMessageStore.commit_batch``: the production path, where each batch
     is one transaction that looks up already-stored client ids, reads the last
     seq of conversations not yet cached, assigns seqs and inserts them with one
-    ``executemany``. Fed the same way; it stores exactly the same rows.
+    multi-row ``INSERT``, and upserts the per-user index. One batch at a time
+    (each batch's seqs depend on the one before). Fed the same way; it stores
+    exactly the same rows.
 
 The table is emptied before each path, so all start from the same state, and
 after each path the stored rows are checked (count, msg_id and seq sums, each
@@ -47,6 +52,14 @@ naive path is bound by one durable commit per row (``fsync`` with
 ``innodb_flush_log_at_trx_commit=1``), so its rate is flat in the number of
 rows, and 3,000 rows keep it to about a second. Wall-clock time of each path
 is reported, with the process CPU time over the same interval.
+
+``--ceilings`` adds what the same rows reach without the writer, each from
+plain PyMySQL connections, no Twisted, one transaction per ``--batch`` rows:
+the server alone (``server_one_connection``: the statements built before the
+clock starts, sent one after another; ``server_two_connections``: the same
+statements from two connections at once, commits in no particular order), and
+a synchronous client that builds them as it goes (``client_pymysql``:
+PyMySQL's ``executemany``; ``client_literals``: ``execute_rows``).
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ import os
 import platform
 import random
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -72,7 +86,18 @@ from twisted.internet.defer import Deferred  # noqa: E402
 
 from gochat.logic import migrate  # noqa: E402
 from gochat.logic.batch_writer import BatchPolicy  # noqa: E402
-from gochat.logic.mysql_store import MysqlMessageStore, MysqlSettings, connect_pool, connection_arguments  # noqa: E402
+from gochat.logic.mysql_store import (  # noqa: E402
+    _INSERT_MESSAGES,
+    MESSAGE_ROW,
+    MysqlMessageStore,
+    MysqlSettings,
+    SqlLiterals,
+    _configure_session,
+    _message_row,
+    connect_pool,
+    connection_arguments,
+    execute_rows,
+)
 from gochat.logic.persist import PersistWorker  # noqa: E402
 from gochat.model import PersistRequest, StoredMessage  # noqa: E402
 
@@ -247,6 +272,65 @@ async def run_persist_worker(
     return result
 
 
+def run_ceilings(settings: MysqlSettings, rows: list[StoredMessage], batch: int, cursor: Any) -> dict[str, Any]:
+    """The ceilings of ``--ceilings`` (see the module), each on an emptied table, each checked like the paths."""
+    values = [_message_row(row) for row in rows]
+    batches = [values[start : start + batch] for start in range(0, len(values), batch)]
+
+    def connect() -> Any:
+        connection = pymysql.connect(**connection_arguments(settings))
+        _configure_session(connection)
+        return connection
+
+    def measure(name: str, connections: int, work: Callable[[Any, int], None]) -> dict[str, Any]:
+        cursor.execute("TRUNCATE TABLE messages")
+        opened = [connect() for _ in range(connections)]
+        try:
+            threads = [threading.Thread(target=work, args=(connection, k)) for k, connection in enumerate(opened)]
+            wall, cpu = time.perf_counter(), time.process_time()
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+        finally:
+            for connection in opened:
+                connection.close()
+        check_stored(cursor, rows, name)
+        return figures(len(rows), wall, cpu)
+
+    with connect() as connection:
+        head = _INSERT_MESSAGES.encode(connection.encoding)
+        literals = SqlLiterals(connection)
+        statements = [head + b",".join(literals.rows(MESSAGE_ROW, part)) for part in batches]
+
+    def prebuilt(connection: Any, k: int, step: int = 1) -> None:
+        with connection.cursor() as own:
+            for statement in statements[k::step]:
+                own.execute(statement)
+                connection.commit()
+
+    def pymysql_executemany(connection: Any, _: int) -> None:
+        query = _INSERT_MESSAGES + MESSAGE_ROW.placeholders
+        with connection.cursor() as own:
+            for part in batches:
+                own.executemany(query, part)
+                connection.commit()
+
+    def literals_execute_rows(connection: Any, _: int) -> None:
+        with connection.cursor() as own:
+            for part in batches:
+                execute_rows(own, _INSERT_MESSAGES, MESSAGE_ROW, part)
+                connection.commit()
+
+    return {
+        "server_one_connection": measure("server_one_connection", 1, prebuilt),
+        "server_two_connections": measure("server_two_connections", 2, lambda c, k: prebuilt(c, k, 2)),
+        "client_pymysql": measure("client_pymysql", 1, pymysql_executemany),
+        "client_literals": measure("client_literals", 1, literals_execute_rows),
+    }
+
+
 async def bench(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
     settings = MysqlSettings(
         host=args.host,
@@ -271,19 +355,26 @@ async def bench(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
             pool = connect_pool(settings, reactor)
             try:
                 policy = BatchPolicy(max_batch=args.batch, max_delay=0.005)
-                store = MysqlMessageStore(pool, reactor, policy)
+                store = MysqlMessageStore(pool, reactor, policy, overlap=args.overlap)
                 await store.count()  # opens a connection before the clock starts
 
                 log(args.quiet, f"naive: {args.naive_rows} x (INSERT + COMMIT)")
                 naive = await run_naive(store, rows[: args.naive_rows], cursor)
                 cursor.execute("TRUNCATE TABLE messages")
-                log(args.quiet, f"batched: {args.rows} rows through append, executemany per {args.batch}")
+                log(
+                    args.quiet,
+                    f"batched: {args.rows} rows through append, {args.batch} per batch, {args.overlap} in flight",
+                )
                 batched = await run_batched(store, rows, args.in_flight, cursor)
                 cursor.execute("TRUNCATE TABLE messages")
                 log(args.quiet, f"persist_worker: {args.rows} rows through commit_batch, {args.batch} per batch")
                 persist = await run_persist_worker(store, rows, policy, args.in_flight, reactor, cursor)
             finally:
                 pool.close()
+            ceilings = None
+            if args.ceilings:
+                log(args.quiet, "ceilings: the server alone, and a synchronous client")
+                ceilings = run_ceilings(settings, rows, args.batch, cursor)
         finally:
             cursor.execute(f"DROP DATABASE IF EXISTS `{settings.database}`")
     finally:
@@ -291,14 +382,15 @@ async def bench(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
 
     ratio = batched["rows_per_s"] / naive["rows_per_s"]
     persist_ratio = persist["rows_per_s"] / naive["rows_per_s"]
-    return {
-        "benchmark": "MariaDB inserts: BatchWriter executemany per batch vs one INSERT+COMMIT per message",
+    result = {
+        "benchmark": "MariaDB inserts: BatchWriter, one multi-row INSERT per batch, vs one INSERT+COMMIT per message",
         "command": ["python", "bench/db.py", *sys.argv[1:]],
         "machine": machine(server),
         "parameters": {
             "rows": args.rows,
             "naive_rows": args.naive_rows,
             "batch": args.batch,
+            "overlap": args.overlap,
             "in_flight": args.in_flight,
             "max_delay_s": 0.005,
             "conversations": CONVERSATIONS,
@@ -313,6 +405,9 @@ async def bench(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
         "ratio_persist_worker_rows_per_s": round(persist_ratio, 1),
         "goal": {"ratio_at_least": GOAL_RATIO, "met": ratio >= GOAL_RATIO},
     }
+    if ceilings is not None:
+        result["ceilings"] = ceilings
+    return result
 
 
 def print_summary(result: dict[str, Any]) -> None:
@@ -326,6 +421,8 @@ def print_summary(result: dict[str, Any]) -> None:
     goal_text = f"goal >= {goal['ratio_at_least']:.0f}x: {verdict}"
     print(f"ratio batched/naive        {result['ratio_rows_per_s']:.1f}x ({goal_text})")
     print(f"ratio persist_worker/naive {result['ratio_persist_worker_rows_per_s']:.1f}x")
+    for name, ceiling in result.get("ceilings", {}).items():
+        print(f"ceiling {name:24} {ceiling['rows_per_s']:>10,.0f} rows/s")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -336,6 +433,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-rows", type=int, default=3_000, help="rows for the naive path (default 3,000)")
     parser.add_argument("--batch", type=int, default=500, help="BatchWriter max_batch (default 500)")
     parser.add_argument(
+        "--overlap", type=int, default=2, help="batched path: batches in flight at once (default 2, the store's)"
+    )
+    parser.add_argument("--ceilings", action="store_true", help="also measure the server alone and a bare client")
+    parser.add_argument(
         "--in-flight", type=int, default=2_000, help="batched path: messages offered and not yet committed (2,000)"
     )
     parser.add_argument("--seed", type=int, default=20240601)
@@ -345,8 +446,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--password", default=os.environ.get("MYSQL_PWD", ""), help="default: $MYSQL_PWD")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     args = parser.parse_args(argv)
-    if min(args.rows, args.batch, args.in_flight) < 1 or not 1 <= args.naive_rows <= args.rows:
-        parser.error("--rows, --batch and --in-flight must be positive, --naive-rows within 1..--rows")
+    if min(args.rows, args.batch, args.in_flight, args.overlap) < 1 or not 1 <= args.naive_rows <= args.rows:
+        parser.error("--rows, --batch, --overlap and --in-flight must be positive, --naive-rows within 1..--rows")
     return args
 
 
