@@ -54,10 +54,12 @@ adding or removing members) are not retried.
 
 from __future__ import annotations
 
+import re
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, TypeVar
 
 import pymysql
@@ -401,6 +403,13 @@ def _backslash_escaped(text: str) -> str:
     )
 
 
+#: Whether a text holds a character PyMySQL escapes with a backslash (NUL, LF, CR, Ctrl-Z, backslash, quotes).
+_HAS_BACKSLASH_ESCAPED = re.compile(r"""[\\\x00\n\r\x1a'"]""").search
+#: The same but the single quote, in UTF-8 text (where these bytes are only ever these characters).
+_HAS_BACKSLASH_ESCAPED_BYTES = re.compile(rb"""[\\\x00\n\r\x1a"]""").search
+_HAS_QUOTE = re.compile("'").search
+
+
 def _quote_doubled(text: str) -> str:
     """*text* as PyMySQL escapes it when the session's ``sql_mode`` has ``NO_BACKSLASH_ESCAPES``."""
     return text.replace("'", "''")
@@ -420,18 +429,18 @@ class RowShape:
     parenthesized: bool = True
     exact: Callable[[tuple[object, ...]], bool] | None = None
 
-    @property
+    @cached_property
     def template(self) -> str:
         return self._wrap(", ".join("%d" if kind is int else "'%s'" for kind in self.types))
 
-    @property
+    @cached_property
     def placeholders(self) -> str:
         return self._wrap(", ".join(["%s"] * len(self.types)))
 
     def _wrap(self, values: str) -> str:
         return f"({values})" if self.parenthesized else values
 
-    @property
+    @cached_property
     def text_columns(self) -> tuple[int, ...]:
         return tuple(index for index, kind in enumerate(self.types) if kind is str)
 
@@ -487,19 +496,26 @@ class SqlLiterals:
         self.encoding: str = connection.encoding
         self.escape: Callable[[object], str] = connection.escape
         self.escaped: Callable[[str], str]
-        self._specials: tuple[bytes, ...]
+        self._needs_escaping: Callable[[str], object]  # whether a text holds a character escaped_text changes
+        self._other_specials: Callable[[bytes], object] | None  # one besides the quote, in encoded text
         if connection.server_status & SERVER_STATUS.SERVER_STATUS_NO_BACKSLASH_ESCAPES:
-            self.escaped, self._specials = _quote_doubled, ()
+            self.escaped, self._needs_escaping, self._other_specials = _quote_doubled, _HAS_QUOTE, None
         else:
-            self.escaped, self._specials = _backslash_escaped, (b"\\", b"\x00", b"\n", b"\r", b"\x1a", b'"')
+            self.escaped, self._needs_escaping, self._other_specials = (
+                _backslash_escaped,
+                _HAS_BACKSLASH_ESCAPED,
+                _HAS_BACKSLASH_ESCAPED_BYTES,
+            )
 
     def _clean(self, data: bytes, quotes: int) -> bool:
         """Whether *data*, rows written from unescaped text, holds no character that needed escaping."""
-        return data.count(b"'") == quotes and not any(special in data for special in self._specials)
+        if data.count(b"'") != quotes:
+            return False
+        return self._other_specials is None or self._other_specials(data) is None
 
     def rows(self, shape: RowShape, rows: Sequence[tuple[object, ...]]) -> list[bytes]:
         """Each of *rows* written and encoded, as PyMySQL's ``executemany`` writes it into a statement."""
-        template, encoding = shape.template, self.encoding
+        template, encoding, text_columns = shape.template, self.encoding, shape.text_columns
         written: list[bytes] = []
         odd: set[int] = set()
         for row in rows:
@@ -508,13 +524,14 @@ class SqlLiterals:
             else:
                 odd.add(len(written))
                 written.append((shape.placeholders % tuple(map(self.escape, row))).encode(encoding))
-        quotes = 2 * len(shape.text_columns)
+        quotes = 2 * len(text_columns)
         if odd or not self._clean(b"".join(written), quotes * len(written)):
             for index, row in enumerate(rows):
                 if index not in odd and not self._clean(written[index], quotes):
                     escaped = list(row)
-                    for column in shape.text_columns:
-                        escaped[column] = self.escaped(row[column])  # type: ignore[arg-type]
+                    for column in text_columns:
+                        if self._needs_escaping(row[column]):  # type: ignore[arg-type]
+                            escaped[column] = self.escaped(row[column])  # type: ignore[arg-type]
                     written[index] = (template % tuple(escaped)).encode(encoding)
         return written
 
