@@ -96,6 +96,7 @@ class Device:
         self.pushes: list[dict[str, Any]] = []
         #: Frames that were neither a push nor a reply to a request still waited for.
         self.stray: list[dict[str, Any]] = []
+        self.presence: list[dict[str, Any]] = []
         self.close_code: int | None = None
         self._lost = False
         self._ids = itertools.count(1)
@@ -163,6 +164,10 @@ class Device:
         request_id = frame.get("id")
         if frame.get("type") == "push":
             self.pushes.append(frame["body"])
+        elif frame.get("type") == "presence":
+            # Unsolicited and timing-dependent by design: a contact's "online" is told to those who share a
+            # conversation with them when they connect, which may be just after a first message made them contacts.
+            self.presence.append(frame)
         elif isinstance(request_id, str) and request_id in self._replies:
             self._replies.pop(request_id).callback(frame)
         else:
