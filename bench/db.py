@@ -433,7 +433,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-rows", type=int, default=3_000, help="rows for the naive path (default 3,000)")
     parser.add_argument("--batch", type=int, default=500, help="BatchWriter max_batch (default 500)")
     parser.add_argument(
-        "--overlap", type=int, default=2, help="batched path: batches in flight at once (default 2, the store's)"
+        "--overlap", type=int, default=2, help="batched path: batches in flight (default 2; the store: 1)"
     )
     parser.add_argument("--ceilings", action="store_true", help="also measure the server alone and a bare client")
     parser.add_argument(

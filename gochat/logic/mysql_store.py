@@ -690,7 +690,7 @@ class MysqlMessageStore:
         pool: adbapi.ConnectionPool,
         clock: IReactorTime,
         policy: BatchPolicy,
-        overlap: int = 2,
+        overlap: int = 1,
         commit_wait: float = 2.0,
     ) -> None:
         self._pool = pool

@@ -190,7 +190,7 @@ class MysqlStoreTests(StoreContract, TestCase):
         finally:
             connection.close()
 
-    async def start(self, policy: BatchPolicy | None = None, port: int = MYSQL_PORT) -> None:
+    async def start(self, policy: BatchPolicy | None = None, port: int = MYSQL_PORT, overlap: int = 1) -> None:
         """Migrate the test database, then start the store service and a persist worker on a pool through *port*."""
         from twisted.internet import reactor
 
@@ -198,7 +198,7 @@ class MysqlStoreTests(StoreContract, TestCase):
         policy = policy or BatchPolicy(max_batch=50, max_delay=0.002)
         self.pool = connect_pool(MysqlSettings(host=MYSQL_HOST, port=port, database=self.database), reactor)
         self.accounts = MysqlAccountStore(self.pool)
-        self.messages = MysqlMessageStore(self.pool, reactor, policy)
+        self.messages = MysqlMessageStore(self.pool, reactor, policy, overlap=overlap)
         self.groups = MysqlGroupStore(self.pool)
         self.committed: list[Committed[None]] = []
         self.worker: PersistWorker[None] = PersistWorker(self.messages, reactor, policy, self.committed.extend)
@@ -651,7 +651,7 @@ class MysqlStoreTests(StoreContract, TestCase):
     async def test_append_overlaps_batches_and_acknowledges_in_order(self) -> None:
         """append hands the next batch to a second connection while one commits; acknowledgements still come
         in the order of the appends, and every message is stored once."""
-        await self.start(BatchPolicy(max_batch=50, max_delay=0.002))
+        await self.start(BatchPolicy(max_batch=50, max_delay=0.002), overlap=2)
         in_flight = 0
         most = 0
         write_after = self.messages._write_after
@@ -691,7 +691,7 @@ class MysqlStoreTests(StoreContract, TestCase):
         back and fails with CommitOrderTimeoutError."""
         from twisted.internet import reactor, task
 
-        await self.start()
+        await self.start(overlap=2)
         self.messages._commit_wait = 30.0
         after: Deferred[None] = Deferred()
         writing = self.messages._write_after([message(1), message(2)], after)
