@@ -35,9 +35,14 @@ Implementations compared
     intrusive timers: each simulated connection is a small ``__slots__``
     object, subclass of :class:`gochat.wheel.WheelTimer`, that *is* its
     timer (payload itself), as the gateway's ``Session`` is.  A new
-    connection is constructed and armed with ``reset``; frames ``reset`` the
-    connection object, closes ``cancel`` it, and ``advance`` returns the
-    connection objects that timed out.  No timer object exists.
+    connection is constructed and armed as an idle timer of ``timeout``
+    (``HashedWheel.idle``); a frame *touches* it, i.e. writes the time to its
+    ``touched_at`` (what the ``Session`` does on every frame, to remember when
+    it last heard from the client); closes ``cancel`` it, and ``advance``
+    reads the touches of the connections in the buckets it reaches, moves
+    the touched ones on, and returns the connection objects that timed out.
+    No timer object exists.  The initial connections are armed as if last
+    touched ``timeout - delay`` seconds before the run.
 
 ``wheel, separate timer`` (the previous design, kept for reference)
     The same wheel driven with ``schedule``/``reset``/``cancel``/``advance``:
@@ -96,8 +101,10 @@ calls on the next ``runUntilCurrent``; that deferred work shows up under
 
 "visit" is the floor under any reset: the same loop over the same
 connection ids calling a Python function that only touches the object the
-harness holds per id (the connection for the intrusive wheel and for
-``TimeoutMixin``, the ``WheelTimer`` or the ``DelayedCall`` otherwise).  It is the harness and the
+harness holds per id (the connection for ``TimeoutMixin``, the
+``WheelTimer`` or the ``DelayedCall`` otherwise).  For the intrusive wheel,
+whose per-frame operation is a store and no call, the floor is the same loop
+reading one field of the connection.  It is the harness and the
 memory latency of reaching a random one of N objects, which grows with N
 (caches, TLB) whatever the structure; "reset above visit" is what the
 structure itself costs per reset, and is what should stay flat as N grows.
@@ -118,8 +125,10 @@ Memory is measured with ``tracemalloc``, divided by N.  For the intrusive
 wheel it is the *marginal* cost of a connection being its own timer: the
 growth while N armed intrusive connections are created, minus the growth
 while N plain connections with the same other fields (``__slots__ =
-("cid",)``) are created, i.e. the three slots ``WheelTimer`` adds to the
-object plus its share of the wheel's bucket sets.  For the separate wheel
+("cid",)``) are created, i.e. the five slots ``WheelTimer`` adds to the
+object, the float of its last touch (one per connection, as in the gateway,
+where each frame's time is a new float) and its share of the wheel's bucket
+sets.  For the separate wheel
 timer it is the growth while N timers are scheduled into a preallocated
 list (the ``WheelTimer`` plus its bucket share).  For the heap it is the
 same for ``callLater``: the ``DelayedCall``, its ``__dict__``, its argument
@@ -292,7 +301,13 @@ class _PlainConnection:
 
 
 def run_wheel_intrusive(ops: Ops, mix: Mix) -> Run:
-    """Replay ``ops`` on a :class:`HashedWheel` whose timers are the connection objects."""
+    """Replay ``ops`` on a :class:`HashedWheel` whose timers are the connection objects.
+
+    As the gateway's ``Session``: each connection is an idle timer of
+    ``timeout`` (``HashedWheel.idle``), and a frame touches it (writes the
+    time to ``touched_at``); the wheel reads the touch when it reaches the
+    connection's bucket.
+    """
     ns = time.process_time_ns
     run = Run()
     fired: list[int] = []
@@ -302,26 +317,26 @@ def run_wheel_intrusive(ops: Ops, mix: Mix) -> Run:
     connection = _Connection
     start = ns()
     wheel: HashedWheel[_Connection] = HashedWheel(TICK, SLOTS, now)
-    reset = wheel.reset
+    idle = wheel.idle
     cancel = wheel.cancel
     advance = wheel.advance
     conns: list[_Connection] = []
     append = conns.append
     for cid, delay in enumerate(ops.initial_delays):
         append(conn := connection(cid))
-        reset(conn, delay, now)
+        idle(conn, timeout, now - timeout + delay)
     run.setup_ns = ns() - start
     for rnd in ops.rounds:
         t0 = ns()
         for cid in rnd.resets:
-            reset(conns[cid], timeout, now)
+            conns[cid].touched_at = now
         t1 = ns()
         for cid in rnd.closes:
             cancel(conns[cid])
         t2 = ns()
         for cid in rnd.closes:
             conns[cid] = conn = connection(cid)
-            reset(conn, timeout, now)
+            idle(conn, timeout, now)
         t3 = ns()
         now += mix.round_seconds
         for conn in advance(now):
@@ -329,7 +344,7 @@ def run_wheel_intrusive(ops: Ops, mix: Mix) -> Run:
         t4 = ns()
         for cid in fired:
             conns[cid] = conn = connection(cid)
-            reset(conn, timeout, now)
+            idle(conn, timeout, now)
         t5 = ns()
         run.reset_ns += t1 - t0
         run.cancel_ns += t2 - t1
@@ -344,7 +359,7 @@ def run_wheel_intrusive(ops: Ops, mix: Mix) -> Run:
     t0 = ns()
     for rnd in ops.rounds:
         for cid in rnd.resets:
-            _visit(conns[cid], timeout, now)
+            conns[cid].cid  # noqa: B018 -- the floor of a touch: reach the connection, read a field
     run.visit_ns = ns() - t0
     assert len(wheel) == ops.connections
     return run
@@ -636,9 +651,10 @@ def bytes_per_intrusive_timer(connections: int, mix: Mix) -> dict[str, float]:
         conns[cid] = _Connection(cid)
     t2 = tracemalloc.get_traced_memory()[0]
     wheel: HashedWheel[_Connection] = HashedWheel(TICK, SLOTS, START)
+    timeout = mix.timeout
     for cid, conn in enumerate(conns):
         assert conn is not None
-        wheel.reset(conn, delays[cid], START)
+        wheel.idle(conn, timeout, START - timeout + delays[cid])
     t3 = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     added = (t2 - t1 - (t1 - t0)) / connections

@@ -34,6 +34,17 @@ Deadlines that fall on or before the last tick the wheel has already processed
 wheel never holds a timer that is already overdue, so such a timer is returned
 by the first :meth:`HashedWheel.advance` that crosses a tick boundary.
 
+A timer is *fixed* or *idle*.  A fixed timer (armed by :meth:`HashedWheel.reset`
+or :meth:`HashedWheel.schedule`) is due at the time it was given.  An idle
+timer (armed by :meth:`HashedWheel.idle`) is due ``span`` seconds after it was
+last *touched*, and touching it is writing the time to its ``touched_at``
+attribute: no call, no bucket, nothing else.  :meth:`HashedWheel.advance`
+reads ``touched_at`` when it reaches the bucket the timer sits in and, if the
+timer was touched since, moves it to the bucket of its real deadline.  This is
+the shape of an idle timeout that every incoming frame pushes back: the
+per-frame cost is the one store the owner makes to remember when it last heard
+from its peer, which it needs anyway.
+
 A timer is either a separate object made by :meth:`HashedWheel.schedule`, or
 *intrusive*: the object that owns the deadline (the gateway's session) is an
 instance of a :class:`WheelTimer` subclass and is armed in place with
@@ -64,6 +75,12 @@ _INACTIVE = -1
 Hot paths test ``slot < 0``: any negative slot means inactive.
 """
 
+_FIXED = -1.0
+"""``_wheel_span`` of a fixed timer: one that touches do not push back.
+
+Hot paths test ``span >= 0.0``: a negative span means fixed.
+"""
+
 _by_deadline = attrgetter("_wheel_deadline")
 _new_timer = object.__new__
 
@@ -87,7 +104,7 @@ class WheelTimer(Generic[P]):
 
     A timer is either made by :meth:`HashedWheel.schedule` (a *separate*
     timer that some owner keeps a reference to), or is the owner itself (an
-    *intrusive* timer, see below).  The class is deliberately tiny (three
+    *intrusive* timer, see below).  The class is deliberately tiny (five
     slots, no ``__dict__``) because the gateway keeps one per live
     connection.  ``payload`` is what :meth:`HashedWheel.advance` hands back
     when the timer expires; the caller may replace it at any time.
@@ -112,7 +129,7 @@ class WheelTimer(Generic[P]):
                 wheel.reset(self, 30.0, now)
 
     There is then no timer object to allocate or to reach: the wheel's state
-    is three slots in the owner's own memory, which the owner's code touches
+    is five slots in the owner's own memory, which the owner's code touches
     anyway, and :meth:`HashedWheel.advance` returns the owners themselves.
     The timer does not refer to itself (the slot records that the payload is
     the timer), so being a timer adds no reference cycle to the owner; the
@@ -120,18 +137,29 @@ class WheelTimer(Generic[P]):
 
     A subclass must call ``WheelTimer.__init__`` before the timer is used,
     must not reuse the names ``payload``, ``active``, ``deadline``,
-    ``_wheel_deadline``, ``_wheel_payload`` or ``_wheel_slot``, and must keep
+    ``touched_at`` or any name starting with ``_wheel_``, and must keep
     identity equality and hashing, because the wheel's buckets are sets.  A
     class body that defines one of those names, ``__eq__`` or ``__hash__``
     raises :class:`TypeError`; a class decorator that adds ``__eq__``
     afterwards (``@dataclass``) is not caught, so do not use one.
     """
 
-    __slots__ = ("_wheel_deadline", "_wheel_payload", "_wheel_slot")
+    __slots__ = ("_wheel_deadline", "_wheel_payload", "_wheel_slot", "_wheel_span", "touched_at")
 
     _wheel_deadline: int
     _wheel_payload: P | Literal[_Payload.ITSELF]
     _wheel_slot: int
+    _wheel_span: float
+    touched_at: float
+    """When the timer was last touched, in the wheel's seconds.
+
+    For an idle timer (see :meth:`HashedWheel.idle`), writing a later time
+    here pushes its deadline back to ``touched_at + span``; the wheel reads
+    it only when it reaches the timer's bucket.  Only ever write the current
+    time: writing an earlier one than the timer's bucket was chosen from
+    does not make it fire sooner.  A fixed timer ignores it, so the owner can
+    keep its "last heard from" time here whatever state it is in.
+    """
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         """Refuse subclasses the wheel's buckets would mishandle (see the class docstring)."""
@@ -151,6 +179,8 @@ class WheelTimer(Generic[P]):
         self._wheel_payload = _ITSELF if payload is self else payload
         self._wheel_deadline = 0
         self._wheel_slot = _INACTIVE
+        self._wheel_span = _FIXED
+        self.touched_at = 0.0
 
     @property
     def payload(self) -> P:
@@ -170,9 +200,16 @@ class WheelTimer(Generic[P]):
         return self._wheel_slot != _INACTIVE
 
     @property
-    def deadline(self) -> int:
-        """The tick number at which the timer is (or was last) due.
+    def idle(self) -> bool:
+        """Whether touches push the deadline back (armed by :meth:`HashedWheel.idle`)."""
+        return self._wheel_span >= 0.0
 
+    @property
+    def deadline(self) -> int:
+        """The tick number of the bucket the timer waits in (or was last due at).
+
+        For an idle timer touched since it was armed, the real deadline is
+        later: the wheel works it out from ``touched_at`` when it gets there.
         Multiply by the wheel's ``tick`` to get seconds.
         """
         return self._wheel_deadline
@@ -184,7 +221,19 @@ class WheelTimer(Generic[P]):
         return f"<{type(self).__qualname__} {state} payload={self.payload!r}>"
 
 
-_RESERVED = frozenset({"payload", "active", "deadline", "_wheel_deadline", "_wheel_payload", "_wheel_slot"})
+_RESERVED = frozenset(
+    {
+        "payload",
+        "active",
+        "idle",
+        "deadline",
+        "touched_at",
+        "_wheel_deadline",
+        "_wheel_payload",
+        "_wheel_slot",
+        "_wheel_span",
+    }
+)
 """Names of :class:`WheelTimer` that a subclass must leave alone."""
 
 
@@ -257,15 +306,17 @@ class HashedWheel(Generic[P]):
         timer: WheelTimer[P] = _new_timer(WheelTimer)
         timer._wheel_payload = payload
         timer._wheel_deadline = deadline
+        timer._wheel_span = _FIXED
+        timer.touched_at = now
         slot = timer._wheel_slot = deadline % self._slots
         self._buckets[slot].add(timer)
         self._live += 1
         return timer
 
     def reset(self, timer: WheelTimer[P], delay: float, now: float) -> None:
-        """Make ``timer`` due ``delay`` seconds after ``now``, whatever its state.
+        """Make ``timer`` a fixed timer due ``delay`` seconds after ``now``, whatever its state.
 
-        This is the per-frame hot path.  Moving a deadline later only rewrites
+        Moving a deadline later only rewrites
         it; the bucket move happens, at most once per revolution, when
         :meth:`advance` finds the timer not yet due.  Moving it earlier moves
         the timer to its new bucket straight away, because the bucket it sits
@@ -288,6 +339,27 @@ class HashedWheel(Generic[P]):
             slot = timer._wheel_slot = deadline % self._slots
             self._buckets[slot].add(timer)
         timer._wheel_deadline = deadline
+        timer._wheel_span = _FIXED
+
+    def idle(self, timer: WheelTimer[P], span: float, touched_at: float) -> None:
+        """Make ``timer`` an idle timer, due ``span`` seconds after its last touch, whatever its state.
+
+        ``touched_at`` is the last touch so far (usually now).  From then on
+        the owner touches the timer by writing the time to
+        ``timer.touched_at``, which costs nothing here: :meth:`advance` reads
+        it when it reaches the timer's bucket and, if the deadline has moved,
+        puts the timer in the bucket of the new one (at most once per
+        revolution).  Touching an inactive timer does not re-arm it; a call
+        to :meth:`idle`, :meth:`reset` or :meth:`cancel` replaces the idle
+        span.
+
+        :raises ValueError: if ``span`` is negative or not a number.
+        """
+        if not span >= 0.0:
+            raise ValueError(f"span must be a non-negative number of seconds, not {span!r}")
+        self.reset(timer, span, touched_at)
+        timer._wheel_span = span
+        timer.touched_at = touched_at
 
     def _deadline_of(self, when: float) -> int:
         """The deadline tick of a timer due at time ``when``, the slow way.
@@ -382,6 +454,7 @@ class HashedWheel(Generic[P]):
         if target <= current:
             return []
         n_slots = self._slots
+        tick_length = self._tick
         buckets = self._buckets
         jumped = target - current > n_slots
         first = target - n_slots + 1 if jumped else current + 1
@@ -395,6 +468,17 @@ class HashedWheel(Generic[P]):
             for timer in bucket:
                 deadline = timer._wheel_deadline
                 if deadline <= tick:
+                    span = timer._wheel_span
+                    if span >= 0.0:
+                        # An idle timer: its deadline counts from its last touch.
+                        due = ceil((timer.touched_at + span) / tick_length - _EPSILON)
+                        if due > deadline:
+                            timer._wheel_deadline = due
+                            if due > tick:
+                                slot = due % n_slots
+                                timer._wheel_slot = slot
+                                buckets[slot].add(timer)
+                                continue
                     timer._wheel_slot = _INACTIVE
                     expired.append(timer)
                 else:

@@ -205,6 +205,16 @@ class IdleAndCloseTests(SessionTestCase):
         self.advance(1.0)
         self.assertTrue(self.transport.aborted)
 
+    def test_activity_while_closing_does_not_delay_the_abort(self) -> None:
+        """Pongs after the close frame do not push the close timeout back as they pushed the idle one."""
+        self.authenticate()
+        self.session.close(4503, "bye")
+        for _ in range(5):
+            self.advance(1.0)
+            self.session.activity(self.clock.seconds())
+        self.advance(0.5)
+        self.assertTrue(self.transport.aborted)
+
     def test_connection_lost_unroutes(self) -> None:
         """Losing the socket cancels the timer and removes the route."""
         self.authenticate()

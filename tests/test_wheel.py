@@ -223,6 +223,83 @@ class ResetTests(SynchronousTestCase):
         self.assertEqual(wheel.advance(63.0), ["long"])
 
 
+class IdleTests(SynchronousTestCase):
+    """Idle timers: due ``span`` after the last write to ``touched_at``."""
+
+    def test_touches_push_the_deadline_back(self) -> None:
+        wheel: HashedWheel[Owner] = HashedWheel(1.0, 8, 0.0)
+        owner = Owner(1)
+        wheel.idle(owner, 5.0, 0.0)
+        for now in (3.0, 6.0, 9.0):
+            owner.touched_at = now
+            self.assertEqual(wheel.advance(now), [])
+        self.assertEqual(wheel.advance(13.0), [])
+        self.assertEqual(wheel.advance(14.0), [owner])
+        self.assertFalse(owner.active)
+
+    def test_untouched_it_expires_at_its_span(self) -> None:
+        wheel: HashedWheel[str] = HashedWheel(1.0, 8, 0.0)
+        timer = WheelTimer("a")
+        wheel.idle(timer, 2.5, 0.0)
+        self.assertEqual(wheel.advance(2.9), [])
+        self.assertEqual(wheel.advance(3.0), ["a"])
+
+    def test_touched_beyond_the_ring(self) -> None:
+        wheel: HashedWheel[str] = HashedWheel(1.0, 4, 0.0)
+        timer = WheelTimer("a")
+        wheel.idle(timer, 3.0, 0.0)
+        timer.touched_at = 2.0
+        self.assertEqual(wheel.advance(4.0), [])
+        timer.touched_at = 4.0
+        self.assertEqual([wheel.advance(float(t)) for t in range(5, 8)], [[], [], ["a"]])
+
+    def test_touching_an_expired_timer_does_not_rearm_it(self) -> None:
+        wheel: HashedWheel[str] = HashedWheel(1.0, 8, 0.0)
+        timer = WheelTimer("a")
+        wheel.idle(timer, 1.0, 0.0)
+        self.assertEqual(wheel.advance(1.0), ["a"])
+        timer.touched_at = 1.5
+        self.assertEqual(len(wheel), 0)
+        self.assertEqual(wheel.advance(10.0), [])
+
+    def test_reset_makes_it_fixed_again(self) -> None:
+        wheel: HashedWheel[str] = HashedWheel(1.0, 8, 0.0)
+        timer = WheelTimer("a")
+        wheel.idle(timer, 2.0, 0.0)
+        self.assertTrue(timer.idle)
+        wheel.reset(timer, 3.0, 0.0)
+        self.assertFalse(timer.idle)
+        timer.touched_at = 2.5
+        self.assertEqual(wheel.advance(3.0), ["a"])
+
+    def test_idle_can_pull_the_deadline_in(self) -> None:
+        wheel: HashedWheel[str] = HashedWheel(1.0, 8, 0.0)
+        timer = wheel.schedule("a", 7.0, 0.0)
+        wheel.idle(timer, 2.0, 0.0)
+        self.assertEqual(wheel.advance(2.0), ["a"])
+
+    def test_a_far_jump_orders_touched_timers_by_their_real_deadline(self) -> None:
+        wheel: HashedWheel[str] = HashedWheel(1.0, 4, 0.0)
+        late, early = WheelTimer("late"), WheelTimer("early")
+        wheel.idle(late, 1.0, 0.0)
+        wheel.idle(early, 2.0, 0.0)
+        late.touched_at = 2.5
+        self.assertEqual(wheel.advance(40.0), ["early", "late"])
+
+    def test_rejects_a_negative_or_nan_span(self) -> None:
+        wheel: HashedWheel[str] = HashedWheel(1.0, 8, 0.0)
+        timer = WheelTimer("a")
+        self.assertRaises(ValueError, wheel.idle, timer, -1.0, 0.0)
+        self.assertRaises(ValueError, wheel.idle, timer, float("nan"), 0.0)
+        self.assertFalse(timer.active)
+
+    def test_touched_at_is_reserved(self) -> None:
+        with self.assertRaises(TypeError):
+
+            class Clash(WheelTimer["Clash"]):
+                touched_at = 0.0
+
+
 class CancelTests(SynchronousTestCase):
     def test_cancel_prevents_expiry(self) -> None:
         wheel: HashedWheel[str] = HashedWheel(1.0, 8, 0.0)
@@ -587,8 +664,16 @@ class RandomisedModelTests(SynchronousTestCase):
     negative, zero, whole ticks or arbitrary, sometimes from a stale ``now``.
     """
 
-    def check(self, seed: int, tick: float, slots: int, operations: int = 3000, intrusive: float = 0.0) -> None:
-        run = _ModelRun(self, random.Random(seed), tick, slots, intrusive)
+    def check(
+        self,
+        seed: int,
+        tick: float,
+        slots: int,
+        operations: int = 3000,
+        intrusive: float = 0.0,
+        idle: float = 0.0,
+    ) -> None:
+        run = _ModelRun(self, random.Random(seed), tick, slots, intrusive, idle)
         for op in range(operations):
             run.step(f"seed {seed} op {op}")
         run.check_timers()
@@ -619,6 +704,16 @@ class RandomisedModelTests(SynchronousTestCase):
         for seed in range(25, 30):
             self.check(seed=seed, tick=0.25, slots=8, operations=1500, intrusive=0.5)
 
+    def test_idle_timers(self) -> None:
+        self.check(seed=31, tick=1.0, slots=16, idle=1.0)
+        self.check(seed=32, tick=0.1, slots=64, intrusive=1.0, idle=1.0)
+        self.check(seed=33, tick=1 / 3, slots=7, intrusive=0.5, idle=1.0)
+        self.check(seed=34, tick=0.5, slots=1, idle=1.0)
+
+    def test_idle_and_fixed_timers_on_one_wheel(self) -> None:
+        for seed in range(35, 40):
+            self.check(seed=seed, tick=0.25, slots=8, operations=1500, intrusive=0.5, idle=0.5)
+
 
 class _ModelRun:
     """A wheel and its reference model, driven by one random generator.
@@ -626,17 +721,30 @@ class _ModelRun:
     Timers are keyed by an ``int``.  A new timer is intrusive (an
     :class:`Owner`, armed with ``reset``, whose payload is itself) with
     probability ``intrusive``, else made by ``schedule`` with its key as the
-    payload; the wheel's payloads are mapped back to keys to compare.
+    payload; the wheel's payloads are mapped back to keys to compare.  With
+    probability ``idle`` a new timer is then (and a re-armed one instead)
+    made idle by ``idle``, and idle timers are touched at random: the model
+    expects one due at the later of the tick it was armed for and the tick
+    its last touch plus its span gives.
     """
 
     def __init__(
-        self, case: SynchronousTestCase, rng: random.Random, tick: float, slots: int, intrusive: float = 0.0
+        self,
+        case: SynchronousTestCase,
+        rng: random.Random,
+        tick: float,
+        slots: int,
+        intrusive: float = 0.0,
+        idle: float = 0.0,
     ) -> None:
         self.case = case
         self.rng = rng
         self.tick = tick
         self.slots = slots
         self.intrusive = intrusive
+        self.idle = idle
+        self.armed: dict[int, int] = {}
+        self.idle_spans: dict[int, float] = {}
         self.span = 3 * slots * tick
         self.now = rng.uniform(0.0, 100.0)
         self.wheel: HashedWheel[Any] = HashedWheel(tick, slots, self.now)
@@ -669,23 +777,54 @@ class _ModelRun:
             payload = len(self.timers)
             at, delay = self.when(), self.delay()
             if self.rng.random() < self.intrusive:
-                owner = self.timers[payload] = Owner(payload)
-                self.wheel.reset(owner, delay, at)
+                timer: WheelTimer[Any] = Owner(payload)
+                self.wheel.reset(timer, delay, at)
             else:
-                self.timers[payload] = self.wheel.schedule(payload, delay, at)
+                timer = self.wheel.schedule(payload, delay, at)
+            self.timers[payload] = timer
             self.model[payload] = due_tick(at + delay, self.tick, self.current)
-        elif roll < 0.7:
+            if self.rng.random() < self.idle:
+                self.arm_idle(payload)
+        elif roll < 0.55:
             payload = self.rng.choice(list(self.timers))
-            at, delay = self.when(), self.delay()
-            self.wheel.reset(self.timers[payload], delay, at)
-            self.model[payload] = due_tick(at + delay, self.tick, self.current)
+            if self.rng.random() < self.idle:
+                self.arm_idle(payload)
+            else:
+                at, delay = self.when(), self.delay()
+                self.wheel.reset(self.timers[payload], delay, at)
+                self.model[payload] = due_tick(at + delay, self.tick, self.current)
+                self.idle_spans.pop(payload, None)
+        elif roll < 0.7:
+            self.touch()
         elif roll < 0.8:
             payload = self.rng.choice(list(self.timers))
             self.wheel.cancel(self.timers[payload])
             self.model.pop(payload, None)
+            self.idle_spans.pop(payload, None)
         else:
             self.advance(where)
         self.case.assertEqual(len(self.wheel), len(self.model), where)
+
+    def arm_idle(self, payload: int) -> None:
+        """Arm a timer as an idle one, from a last touch that may be stale."""
+        at, span = self.when(), abs(self.delay())
+        timer = self.timers[payload]
+        self.wheel.idle(timer, span, at)
+        self.case.assertTrue(timer.idle)
+        self.idle_spans[payload] = span
+        self.armed[payload] = due_tick(at + span, self.tick, self.current)
+        self.model[payload] = self.armed[payload]
+
+    def touch(self) -> None:
+        """Touch an idle timer (live or not) at the current time, as its owner would."""
+        if not self.idle_spans:
+            return
+        payload = self.rng.choice(list(self.idle_spans))
+        timer = self.timers[payload]
+        timer.touched_at = max(timer.touched_at, self.now)
+        if payload in self.model:
+            due = ceil((timer.touched_at + self.idle_spans[payload]) / self.tick - EPSILON)
+            self.model[payload] = max(self.armed[payload], due)
 
     def advance(self, where: str) -> None:
         roll = self.rng.random()
@@ -706,10 +845,11 @@ class _ModelRun:
         self.case.assertEqual(deadlines, sorted(deadlines), where)
         for payload in got:
             del model[payload]
+            self.idle_spans.pop(payload, None)
         self.current = target
 
     def check_timers(self) -> None:
         for payload, timer in self.timers.items():
             self.case.assertEqual(timer.active, payload in self.model)
-            if payload in self.model:
+            if payload in self.model and payload not in self.idle_spans:
                 self.case.assertEqual(timer.deadline, self.model[payload])

@@ -120,10 +120,14 @@ class Session(WheelTimer["Session"]):
     """One client connection's protocol logic.
 
     The session is its own timer on the gateway's wheel (an intrusive
-    :class:`~gochat.wheel.WheelTimer` whose payload is the session), so
-    re-arming it on a frame touches only the session and no timer object is
-    allocated per connection.  ``active`` and ``deadline`` therefore describe
-    the session's timer, not the connection.
+    :class:`~gochat.wheel.WheelTimer` whose payload is the session), so no
+    timer object is allocated per connection.  ``touched_at`` is when the
+    client was last heard from; once the session is open its timer is an
+    *idle* one (:meth:`~gochat.wheel.HashedWheel.idle`), so recording that
+    time on each frame is all it takes to push the idle timeout back.  Before
+    authentication and while closing the timer is fixed: frames do not push
+    the auth deadline or the close timeout back.  ``active`` and ``deadline``
+    describe the session's timer, not the connection.
     """
 
     def __init__(
@@ -151,7 +155,7 @@ class Session(WheelTimer["Session"]):
         self._rate_strikes = 0
         self._held: list[StoredMessage] | None = None
         self._typing_at: dict[str, float] = {}
-        self._last_seen = now
+        self.touched_at = now
         wheel.reset(self, limits.auth_timeout, now)
 
     # Input from the connection.
@@ -171,9 +175,7 @@ class Session(WheelTimer["Session"]):
                 self._send_error(GochatError(ErrorCode.RATE_LIMITED, "too many frames; slow down"), None)
             return
         self._rate_strikes = 0
-        self._last_seen = now
-        if self.state is SessionState.OPEN:
-            self._wheel.reset(self, self._limits.idle_timeout, now)
+        self.touched_at = now
         request_id: str | None = None
         try:
             frame = codec.decode_frame(payload, is_binary)
@@ -189,13 +191,11 @@ class Session(WheelTimer["Session"]):
 
     def activity(self, now: float) -> None:
         """Count transport-level traffic (WebSocket ping or pong) as a sign of life."""
-        self._last_seen = now
-        if self.state is SessionState.OPEN:
-            self._wheel.reset(self, self._limits.idle_timeout, now)
+        self.touched_at = now
 
     def deadline_passed(self, now: float) -> None:
         """The wheel says this session's timer ran out: auth deadline, idle timeout or close timeout."""
-        self._last_seen = now
+        self.touched_at = now
         if self.state is SessionState.CLOSING:
             self._transport.abort()
         elif self.state is SessionState.OPEN:
@@ -229,7 +229,7 @@ class Session(WheelTimer["Session"]):
         if self.state in _ENDING:
             return
         self.state = SessionState.CLOSING
-        self._wheel.reset(self, self._limits.close_timeout, self._last_seen)
+        self._wheel.reset(self, self._limits.close_timeout, self.touched_at)
         self._transport.close(code, reason)
 
     @property
@@ -341,7 +341,7 @@ class Session(WheelTimer["Session"]):
 
     def _typing(self, request: codec.TypingRequest, request_id: str | None) -> None:
         assert self.identity is not None
-        now = self._last_seen
+        now = self.touched_at
         last = self._typing_at.get(request.conv)
         if last is not None and now - last < self._limits.typing_interval:
             error = f"typing at most once every {self._limits.typing_interval:g}s per conversation"
@@ -374,7 +374,7 @@ class Session(WheelTimer["Session"]):
         self.identity = identity
         self.state = SessionState.OPEN
         self._observer.session_opened(self)
-        self._wheel.reset(self, self._limits.idle_timeout, self._last_seen)
+        self._wheel.idle(self, self._limits.idle_timeout, self.touched_at)
         body: dict[str, Any] = {
             "user_id": identity.user_id,
             "username": identity.username,
