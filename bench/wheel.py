@@ -852,13 +852,7 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "timeout_mixin": summarise(mixin, ops),
                 "reactor_heap": summarise(heap, ops),
                 "cpu_ratio_timeout_mixin_over_wheel_intrusive": round(mixin.cpu_ns / wheel.cpu_ns, 2),
-                "cpu_ratio_timeout_mixin_over_wheel_intrusive_above_visit": round(
-                    (mixin.cpu_ns - mixin.visit_ns) / (wheel.cpu_ns - wheel.visit_ns), 2
-                ),
                 "cpu_ratio_heap_over_wheel_intrusive": round(heap.cpu_ns / wheel.cpu_ns, 2),
-                "cpu_ratio_heap_over_wheel_intrusive_above_visit": round(
-                    (heap.cpu_ns - heap.visit_ns) / (wheel.cpu_ns - wheel.visit_ns), 2
-                ),
                 "cpu_ratio_heap_over_wheel_separate_timer": round(heap.cpu_ns / separate.cpu_ns, 2),
                 "same_expiries": True,
             }
@@ -928,8 +922,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "task.Clock re-sorts its whole call list on callLater and after each fired call and "
             "cancels with list.remove, O(n) each, so it is only run at --clock-connections sizes.",
             "ns_per_visit is the floor under any reset (loop, call, reaching a random connection's "
-            "object); it grows with N through caches and TLB for both implementations. "
-            "*_above_visit figures subtract it.",
+            "object); it grows with N through caches and TLB for every implementation. "
+            "ns_per_reset_above_visit subtracts it. For wheel_intrusive a frame's operation is a touch "
+            "(one store to the connection's touched_at, no call), so its floor is the same loop reading "
+            "one field of the connection, and its touch costs about that floor: its above-visit figure "
+            "is near zero and may come out negative (then its ratio is null).",
             "ratios are CPU seconds of a callLater baseline divided by those of the wheel.",
             "The headline ratio is cpu_ratio_timeout_mixin_over_wheel_intrusive: one callLater per "
             "connection, as TimeoutMixin keeps it. The harness holds TimeoutMixin connections by id, as it "
@@ -937,7 +934,8 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
             "cpu_ratio_heap_over_wheel_intrusive is the second, bare-heap figure: the harness keeps the "
             "DelayedCalls (and, for wheel_separate_timer, the WheelTimers) in a list by id, with no "
             "connection object in front of them, which spares them that hop.",
-            "wheel_intrusive is the gateway's design (the Session is its own timer); "
+            "wheel_intrusive is the gateway's design (the Session is its own idle timer, touched on each "
+            "frame); "
             "wheel_separate_timer is the previous design (a WheelTimer per connection), for reference.",
             "wheel_intrusive_bytes_per_timer is marginal: the slots WheelTimer adds to a connection "
             "object plus the bucket-set share, measured against the same connection without a timer.",
@@ -968,9 +966,23 @@ def reset_scaling(sizes: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 a["ns_per_reset_above_visit"],
                 b["ns_per_reset_above_visit"],
             ],
-            "ratio_above_visit": round(b["ns_per_reset_above_visit"] / a["ns_per_reset_above_visit"], 2),
+            "ratio_above_visit": _ratio(b["ns_per_reset_above_visit"], a["ns_per_reset_above_visit"]),
+            "reset_over_visit": [
+                round(a["ns_per_reset"] / a["ns_per_visit"], 2),
+                round(b["ns_per_reset"] / b["ns_per_visit"], 2),
+            ],
+            "ratio_over_visit": round(
+                (b["ns_per_reset"] / b["ns_per_visit"]) / (a["ns_per_reset"] / a["ns_per_visit"]), 2
+            ),
         }
     return out
+
+
+def _ratio(numerator: float, denominator: float) -> float | None:
+    """``numerator / denominator`` rounded, or None where it means nothing (a floor at or above the cost)."""
+    if numerator <= 0 or denominator <= 0:
+        return None
+    return round(numerator / denominator, 2)
 
 
 def goals(sizes: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -985,8 +997,7 @@ def goals(sizes: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]]) -> 
     cpu = min(by_size.values(), default=None)
     mem = max((m["wheel_intrusive_bytes_per_timer"] for m in memory), default=None)
     scaling = reset_scaling(sizes)
-    ratio = scaling["wheel_intrusive"]["ratio"] if scaling else None
-    above = scaling["wheel_intrusive"]["ratio_above_visit"] if scaling else None
+    over_visit = scaling["wheel_intrusive"]["ratio_over_visit"] if scaling else None
     return {
         "cpu_ratio_vs_timeout_mixin": {
             "baseline": "one callLater per connection, as TimeoutMixin keeps it (headline)",
@@ -1007,15 +1018,12 @@ def goals(sizes: Sequence[dict[str, Any]], memory: Sequence[dict[str, Any]]) -> 
             "worst": mem,
             "met": mem is not None and mem <= GOAL_BYTES_PER_TIMER,
         },
-        "reset_ns_scaling": {
+        "reset_over_visit_scaling": {
+            "what": "ns per frame's timer operation over ns to reach the connection, largest size over smallest: "
+            "the operation's own cost stays flat as N grows (O(1)); raw ns grow with N through caches and TLB",
             "goal": f"<= {GOAL_RESET_SCALING}",
-            "ratio": ratio,
-            "met": ratio is not None and ratio <= GOAL_RESET_SCALING,
-        },
-        "reset_ns_above_visit_scaling": {
-            "goal": f"<= {GOAL_RESET_SCALING}",
-            "ratio": above,
-            "met": above is not None and above <= GOAL_RESET_SCALING,
+            "ratio": over_visit,
+            "met": over_visit is not None and over_visit <= GOAL_RESET_SCALING,
         },
     }
 
@@ -1046,13 +1054,10 @@ def print_table(result: dict[str, Any]) -> None:
                 f"{s['ms_per_advance']:>8.2f} {s['expired']:>8}"
             )
         print(
-            f"{'':>11} TimeoutMixin / intrusive wheel CPU: "
-            f"{size['cpu_ratio_timeout_mixin_over_wheel_intrusive']:.2f}x "
-            f"({size['cpu_ratio_timeout_mixin_over_wheel_intrusive_above_visit']:.2f}x above the visit floor)"
+            f"{'':>11} TimeoutMixin / intrusive wheel CPU: {size['cpu_ratio_timeout_mixin_over_wheel_intrusive']:.2f}x"
         )
         print(
-            f"{'':>11} bare heap / intrusive wheel CPU: {size['cpu_ratio_heap_over_wheel_intrusive']:.2f}x "
-            f"({size['cpu_ratio_heap_over_wheel_intrusive_above_visit']:.2f}x above the visit floor); "
+            f"{'':>11} bare heap / intrusive wheel CPU: {size['cpu_ratio_heap_over_wheel_intrusive']:.2f}x; "
             f"heap / separate-timer wheel: {size['cpu_ratio_heap_over_wheel_separate_timer']:.2f}x"
         )
     scaling = result["reset_scaling"]
@@ -1063,8 +1068,8 @@ def print_table(result: dict[str, Any]) -> None:
             print(
                 f"{LABELS[impl]} ns/reset {scaling['from']} -> {scaling['to']}: "
                 f"{w['ns_per_reset'][0]:.0f} -> {w['ns_per_reset'][1]:.0f} (x{w['ratio']}); "
-                f"above the visit floor: {w['ns_per_reset_above_visit'][0]:.0f} -> "
-                f"{w['ns_per_reset_above_visit'][1]:.0f} (x{w['ratio_above_visit']})"
+                f"over the visit floor: {w['reset_over_visit'][0]:.2f} -> "
+                f"{w['reset_over_visit'][1]:.2f} (x{w['ratio_over_visit']})"
             )
     if result["memory"]:
         print()
