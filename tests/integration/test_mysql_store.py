@@ -606,10 +606,13 @@ class MysqlStoreTests(StoreContract, TestCase):
             "SELECT COUNT(*) FROM information_schema.INNODB_TRX AS t JOIN information_schema.PROCESSLIST AS p"
             " ON p.ID = t.trx_mysql_thread_id WHERE p.DB = %s AND t.trx_state = 'LOCK WAIT'"
         )
-        for _ in range(4000):  # until the addition is seen waiting on the lock (or, wrongly, done)
+        # Until the addition is seen waiting on the lock (or, wrongly, done). InnoDB refreshes what
+        # INNODB_TRX shows only when it was last read over 0.1 s ago, so a faster poll would see the
+        # same stale snapshot for ever.
+        for _ in range(100):
             if adding.called or self.query(waiting, self.database) != [(0,)]:
                 break
-            await task.deferLater(reactor, 0.005, lambda: None)
+            await task.deferLater(reactor, 0.15, lambda: None)
         self.assertFalse(adding.called, "add_members did not wait for the group's lock")
         holder.commit()
         with self.assertRaises(GochatError) as caught:
@@ -680,26 +683,49 @@ class MysqlStoreTests(StoreContract, TestCase):
         self.assertEqual(self.query("SELECT COUNT(*), MIN(seq), MAX(seq) FROM messages"), [(1000, 1, 1000)])
 
     #: Rows inserted by the open transactions on the test database.
-    UNCOMMITTED_ROWS = (
-        "SELECT COALESCE(SUM(t.trx_rows_modified), 0) FROM information_schema.INNODB_TRX AS t"
-        " JOIN information_schema.PROCESSLIST AS p ON p.ID = t.trx_mysql_thread_id WHERE p.DB = %s"
-    )
+    def row_locked(self, seq: int, conv: str = "d:1:2") -> bool:
+        """Whether another transaction holds the lock on the message row (*conv*, *seq*).
+
+        A locking read that does not wait fails at once if it does: so a row
+        another transaction has inserted and not yet committed is locked.
+        (The tests first polled ``INNODB_TRX.trx_rows_modified`` every 5 ms,
+        but InnoDB refreshes that table only when it was last read over 0.1 s
+        ago, so the poll saw a stale snapshot for ever.)
+        """
+        connection = admin_connection(self.database)
+        try:
+            connection.cursor().execute(
+                "SELECT seq FROM messages WHERE conv = %s AND seq = %s LOCK IN SHARE MODE NOWAIT", (conv, seq)
+            )
+        except pymysql.err.OperationalError as e:
+            if e.args[0] == 1205:  # ER_LOCK_WAIT_TIMEOUT: what NOWAIT answers when the lock is held
+                return True
+            raise
+        finally:
+            connection.close()
+        return False
+
+    async def wait_until_locked(self, seqs: list[int], writing: Deferred[None]) -> None:
+        """Poll until every row of *seqs* is locked by an uncommitted insert, or *writing* has finished."""
+        from twisted.internet import reactor, task
+
+        for _ in range(2000):
+            if writing.called or all(self.row_locked(seq) for seq in seqs):
+                return
+            await task.deferLater(reactor, 0.005, lambda: None)
 
     async def test_overlapping_batch_commits_only_after_the_one_before(self) -> None:
         """A batch written while the one before commits is not visible until that one committed; if that one
         fails, it rolls back and fails with EarlierBatchError; if that one takes too long, it gives up, rolls
         back and fails with CommitOrderTimeoutError."""
-        from twisted.internet import reactor, task
 
         await self.start(overlap=2)
         self.messages._commit_wait = 30.0
         after: Deferred[None] = Deferred()
         writing = self.messages._write_after([message(1), message(2)], after)
-        for _ in range(2000):  # until its rows are inserted, in a transaction not yet committed
-            if self.query(self.UNCOMMITTED_ROWS, self.database) == [(2,)]:
-                break
-            await task.deferLater(reactor, 0.005, lambda: None)
-        self.assertEqual(self.query(self.UNCOMMITTED_ROWS, self.database), [(2,)])
+        await self.wait_until_locked([1, 2], writing)
+        self.assertNoResult(writing)
+        self.assertTrue(self.row_locked(1) and self.row_locked(2))
         self.assertEqual(self.query("SELECT COUNT(*) FROM messages"), [(0,)])
         self.assertNoResult(writing)
         after.callback(None)
@@ -722,21 +748,20 @@ class MysqlStoreTests(StoreContract, TestCase):
         later one for the earlier one's commit. The later one gives up after commit_wait and rolls back, so the
         earlier one commits (well before InnoDB's lock wait timeout); written again, the later one finds the row
         stored (INSERT IGNORE)."""
-        from twisted.internet import reactor, task
+        from twisted.internet import reactor
 
         await self.start()
-        self.messages._commit_wait = 0.5
+        # Long enough for the poll below (a new connection per query) to see the rows before it gives up.
+        self.messages._commit_wait = 3.0
         later = self.messages._write_after([message(2), message(3)], Deferred())
-        for _ in range(2000):  # until its rows are inserted, in a transaction not yet committed
-            if self.query(self.UNCOMMITTED_ROWS, self.database) == [(2,)]:
-                break
-            await task.deferLater(reactor, 0.005, lambda: None)
+        await self.wait_until_locked([2, 3], later)
+        self.assertNoResult(later)
         started = reactor.seconds()
         earlier = self.messages._write_after([message(1), message(2)], succeed(None))
         with self.assertRaises(mysql_store.CommitOrderTimeoutError):
             await later
         await earlier
-        self.assertLess(reactor.seconds() - started, 5.0)
+        self.assertLess(reactor.seconds() - started, 20.0)  # InnoDB's lock wait timeout is 50 s
         self.assertEqual(self.query("SELECT seq FROM messages ORDER BY seq"), [(1,), (2,)])
         await self.messages._write_after([message(2), message(3)], succeed(None))
         self.assertEqual(self.query("SELECT seq FROM messages ORDER BY seq"), [(1,), (2,), (3,)])
