@@ -4,8 +4,8 @@ Pure: no reactor, no sockets. The Autobahn protocol feeds it frames and the
 current time; it answers through a :class:`SessionTransport`, talks to logic
 through an :class:`~gochat.gateway.logic_client.ILogicClient`, and keeps one
 timer on the gateway's shared :class:`~gochat.wheel.HashedWheel` (the session
-is that timer): first the auth deadline, then the idle timeout, re-armed by
-every frame.
+is that timer): first the auth deadline, then the idle timeout, which every
+frame pushes back by recording its time in the timer's ``touched_at``.
 
 States::
 
