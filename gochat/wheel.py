@@ -316,11 +316,11 @@ class HashedWheel(Generic[P]):
     def reset(self, timer: WheelTimer[P], delay: float, now: float) -> None:
         """Make ``timer`` a fixed timer due ``delay`` seconds after ``now``, whatever its state.
 
-        Moving a deadline later only rewrites
-        it; the bucket move happens, at most once per revolution, when
-        :meth:`advance` finds the timer not yet due.  Moving it earlier moves
-        the timer to its new bucket straight away, because the bucket it sits
-        in might only be visited after the new deadline.
+        Moving a deadline later only rewrites it; the bucket move happens, at
+        most once per revolution, when :meth:`advance` finds the timer not yet
+        due.  Moving it earlier moves the timer to its new bucket straight
+        away, because the bucket it sits in might only be visited after the
+        new deadline.
 
         An inactive timer (expired, cancelled, or never armed: one made with
         ``WheelTimer(payload)`` or an intrusive timer just initialised) is
@@ -349,9 +349,9 @@ class HashedWheel(Generic[P]):
         ``timer.touched_at``, which costs nothing here: :meth:`advance` reads
         it when it reaches the timer's bucket and, if the deadline has moved,
         puts the timer in the bucket of the new one (at most once per
-        revolution).  Touching an inactive timer does not re-arm it; a call
-        to :meth:`idle`, :meth:`reset` or :meth:`cancel` replaces the idle
-        span.
+        revolution).  Touching an inactive timer does not re-arm it; a later
+        :meth:`reset` makes the timer fixed again, a later :meth:`idle` gives
+        it a new span.
 
         :raises ValueError: if ``span`` is negative or not a number.
         """
