@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Callable
 from typing import Any
 
 import pymysql
@@ -102,6 +103,10 @@ def text(rng: random.Random, max_length: int = 200) -> str:
 
 def number(rng: random.Random) -> int:
     return rng.choice((0, 1, 2**63 - 1, 2**64 - 1, -(2**63), rng.randrange(2**64)))
+
+
+#: Drops the characters PyMySQL escapes in either mode: what is left goes through the one-format path.
+_UNESCAPED = str.maketrans(dict.fromkeys("\\'\"\x00\n\r\x1a"))
 
 
 def odd_value(rng: random.Random) -> object:
@@ -233,6 +238,42 @@ class LiteralsMatchPyMySQL(SynchronousTestCase):
         [written] = SqlLiterals(conn).rows(MESSAGE_ROW, [row])
         self.assertEqual(written, RecordingCursor(conn).mogrify(_VALUES_10, row).encode())
         self.assertTrue(written.startswith(b"('0); DROP TABLE messages; --', 'c', 1,"), written)
+
+    def test_whole_batches(self) -> None:
+        """Batches with nothing to escape and nothing odd, written by one format for all their rows, in both
+        escaping modes; and the same batches with one row spoiled in each way the one format must not take."""
+        rng = random.Random(13)
+        spoilers: list[Callable[[tuple[object, ...]], tuple[object, ...]]] = [
+            lambda row: (*row[:6], "it's", *row[7:]),
+            lambda row: (*row[:6], 'say "hi"', *row[7:]),
+            lambda row: (*row[:6], "a\\b\nc", *row[7:]),
+            lambda row: (Number(row[0]), *row[1:]),
+            lambda row: (row[0], Text(row[1]), *row[2:]),
+            lambda row: (*row[:7], True, *row[8:]),
+            lambda row: (*row[:6], None, *row[7:]),
+            lambda row: (*row[:6], b"bytes", *row[7:]),
+        ]
+        for batch in range(200):
+            conn = connection(no_backslash_escapes=batch % 2 == 1)
+            rows = [message_row(rng, odd=0) for _ in range(rng.randrange(1, 60))]
+            rows = [
+                tuple(value.translate(_UNESCAPED) if type(value) is str else value for value in row) for row in rows
+            ]
+            expected = self.pymysql_sends(conn, mysql_store._INSERT_MESSAGES + _VALUES_10, rows)
+            self.assertSame(self.ours(conn, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, rows), expected)
+            spoilt = list(rows)
+            at = rng.randrange(len(spoilt))
+            spoilt[at] = spoilers[batch % len(spoilers)](spoilt[at])
+            expected = self.pymysql_sends(conn, mysql_store._INSERT_MESSAGES + _VALUES_10, spoilt)
+            self.assertSame(self.ours(conn, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, spoilt), expected)
+
+    def test_rows_of_another_width_are_not_joined_as_one(self) -> None:
+        """Rows whose lengths add up to whole rows of the shape are still written row by row (and fail as one
+        format per row fails), not re-cut into rows of the shape's width."""
+        conn = connection()
+        with self.assertRaises(TypeError):
+            SqlLiterals(conn).joined(TEXT_VALUE, [("a", "b"), ()])
+        self.assertEqual(SqlLiterals(conn).joined(KEY_ROW, [(1, "a"), (2, "b")]), b"(1, 'a'),(2, 'b')")
 
     def test_long_values_split_like_pymysql(self) -> None:
         """Rows of up to 1.5 MB: statements split where PyMySQL splits them, one oversized row alone."""

@@ -60,6 +60,7 @@ import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import chain
 from typing import Any, TypeVar
 
 import pymysql
@@ -444,6 +445,16 @@ class RowShape:
     def text_columns(self) -> tuple[int, ...]:
         return tuple(index for index, kind in enumerate(self.types) if kind is str)
 
+    def are_exact(self, values: tuple[object, ...]) -> bool:
+        """Whether every value of *values*, rows of this shape's width laid end to end, has exactly its column's
+        type: one check per column, not per value (it runs for every batch written)."""
+        width = len(self.types)
+        return all({kind} == set(map(type, values[index::width])) for index, kind in enumerate(self.types))
+
+    def batch_template(self, count: int) -> str:
+        """:attr:`template` *count* times, separated by commas."""
+        return ",".join([self.template] * count)
+
     def is_exact(self, row: tuple[object, ...]) -> bool:
         """Whether every value of *row* has exactly its column's type (not a subclass)."""
         if self.exact is not None:
@@ -536,7 +547,18 @@ class SqlLiterals:
         return written
 
     def joined(self, shape: RowShape, rows: Sequence[tuple[object, ...]]) -> bytes:
-        """*rows* written (:meth:`rows`) and separated by commas, e.g. for an ``IN (...)`` list."""
+        """*rows* written (:meth:`rows`) and separated by commas, e.g. for an ``IN (...)`` list or a statement.
+
+        The usual batch, every value of exactly its column's type and no
+        text that needs escaping, is written by one ``%`` format and one
+        encode for all its rows; any other goes row by row (:meth:`rows`).
+        """
+        if rows and set(map(len, rows)) == {len(shape.types)}:
+            values = tuple(chain.from_iterable(rows))
+            if shape.are_exact(values):
+                data = (shape.batch_template(len(rows)) % values).encode(self.encoding)
+                if self._clean(data, 2 * len(shape.text_columns) * len(rows)):
+                    return data
         return b",".join(self.rows(shape, rows))
 
 
@@ -590,13 +612,13 @@ def execute_rows(
     if not rows:
         return 0
     literals = SqlLiterals(cursor.connection)
-    written = literals.rows(shape, rows)
     head, tail = prefix.encode(literals.encoding), postfix.encode(literals.encoding)
     packet = _packet_limit(cursor)
     limit = min(MAX_STATEMENT_BYTES, packet - 1)  # the packet also holds the command byte
-    if len(head) + sum(map(len, written)) + len(written) - 1 + len(tail) <= limit:
-        return int(cursor.execute(head + b",".join(written) + tail))
-    split = statements(head, written, tail, limit)
+    joined = literals.joined(shape, rows)
+    if len(head) + len(joined) + len(tail) <= limit:
+        return int(cursor.execute(head + joined + tail))
+    split = statements(head, literals.rows(shape, rows), tail, limit)
     for sql in split:
         if len(sql) > packet - 1:
             raise pymysql.err.OperationalError(
@@ -682,7 +704,8 @@ class MysqlMessageStore:
 
     ``append``'s writer has up to *overlap* batches in flight (1: one after
     another); ``commit_wait`` bounds how long a batch waits for the one before
-    to commit (:meth:`_write_after`).
+    to commit (:meth:`_write_after`); *on_written* is called with each batch
+    once it is committed, in order, before the Deferreds of ``append`` fire.
     """
 
     def __init__(
@@ -692,10 +715,13 @@ class MysqlMessageStore:
         policy: BatchPolicy,
         overlap: int = 1,
         commit_wait: float = 2.0,
+        on_written: Callable[[list[StoredMessage]], None] | None = None,
     ) -> None:
         self._pool = pool
         self._commit_wait = commit_wait
-        self.writer: BatchWriter[StoredMessage] = BatchWriter.overlapping(self._write_after, clock, policy, overlap)
+        self.writer: BatchWriter[StoredMessage] = BatchWriter.overlapping(
+            self._write_after, clock, policy, overlap, on_written
+        )
 
     def _write(self, messages: list[StoredMessage]) -> Deferred[None]:
         rows = [_message_row(m) for m in messages]
@@ -788,6 +814,12 @@ class MysqlMessageStore:
         """
         check_fits(message)
         return self.writer.add(message)
+
+    def put(self, message: StoredMessage) -> None:
+        """Queue *message* as :meth:`append` does, but with no Deferred of its own: for a caller that hears of
+        commits a batch at a time, through *on_written* (as a broker consumer acks a batch's last tag)."""
+        check_fits(message)
+        self.writer.put(message)
 
     def insert_batch(self, messages: list[StoredMessage]) -> Deferred[None]:
         """Store *messages* in one transaction (one ``executemany``), skipping any already stored.
