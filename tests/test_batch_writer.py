@@ -568,3 +568,77 @@ class OverlappingTests(SynchronousTestCase):
         self.assertEqual(self.fired, list("abc"))
         self.sink.ready(1)
         self.assertEqual(self.fired, list("abcdefxyz"))
+
+
+class OnWrittenTests(SynchronousTestCase):
+    """``on_written`` hears of each committed batch once, in order, before the item Deferreds; ``put`` queues
+    items with no Deferred, batched, retried and drained as ``add``'s."""
+
+    policy = BatchPolicy(max_batch=3, max_delay=0.5, max_pending=5, retry_initial=0.25, retry_max=1.0)
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.events: list[object] = []
+        self.sink = FakeOrderedSink()
+        self.writer: BatchWriter[str] = BatchWriter.overlapping(
+            self.sink, self.clock, self.policy, depth=2, on_written=lambda items: self.events.append(list(items))
+        )
+
+    def test_batches_heard_in_commit_order_before_item_deferreds(self) -> None:
+        self.writer.put("a")
+        self.writer.put("b")
+        self.writer.add("c").addCallback(lambda _: self.events.append("c fired"))
+        for item in "def":
+            self.writer.put(item)
+        self.assertEqual(self.sink.calls, [["a", "b", "c"], ["d", "e", "f"]])
+        self.sink.ready(1)  # the later batch commits first: nobody hears of it yet
+        self.assertEqual(self.events, [])
+        self.sink.ready(0)
+        self.assertEqual(self.events, [["a", "b", "c"], "c fired", ["d", "e", "f"]])
+
+    def test_a_put_item_is_retried_until_written_and_heard_of_once(self) -> None:
+        self.writer.put("a")
+        self.clock.advance(0.5)
+        self.sink.fail(0)
+        self.assertEqual(len(self.flushLoggedErrors(SinkError)), 1)
+        self.assertEqual(self.events, [])
+        self.clock.advance(0.25)
+        self.assertEqual(self.sink.calls, [["a"], ["a"]])
+        self.sink.ready(1)
+        self.assertEqual(self.events, [["a"]])
+
+    def test_put_refuses_as_add_does(self) -> None:
+        for item in range(2 * 3 + 5):  # two batches handed out, five waiting: the backlog is full
+            self.writer.put(str(item))
+        with self.assertRaises(GochatError) as raised:
+            self.writer.put("f")
+        self.assertIs(raised.exception.code, ErrorCode.UNAVAILABLE)
+        self.writer.stop()
+        with self.assertRaises(GochatError) as raised:
+            self.writer.put("g")
+        self.assertIs(raised.exception.code, ErrorCode.SHUTTING_DOWN)
+
+    def test_stop_drains_put_items(self) -> None:
+        self.writer.put("a")
+        stopped = self.writer.stop()
+        self.assertNoResult(stopped)
+        self.sink.ready(0)
+        self.assertEqual(self.events, [["a"]])
+        self.successResultOf(stopped)
+
+    def test_a_raising_hook_is_logged_and_the_writer_goes_on(self) -> None:
+        def explode(items: list[str]) -> None:
+            raise ValueError(f"hook failed on {items}")
+
+        writer: BatchWriter[str] = BatchWriter.overlapping(self.sink, self.clock, self.policy, 2, explode)
+        first = writer.add("a")
+        writer.put("b")
+        writer.put("c")
+        second = writer.add("d")
+        self.clock.advance(0.5)
+        self.sink.ready(0)
+        self.sink.ready(1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 2)
+        self.successResultOf(first)
+        self.successResultOf(second)
+        self.assertEqual(writer.batches_written, 2)

@@ -106,6 +106,26 @@ class SqliteStoreTests(StoreContract, TestCase):
         self.assertEqual(await self.messages.count(), 120)
         self.assertEqual([item.is_new for item in self.committed], [True] * 120)
 
+    async def test_put_requests_are_heard_of_through_on_committed(self) -> None:
+        """Requests queued with put (no Deferred each) are stored in order and reported once each, with their
+        contexts, to on_committed."""
+        from twisted.internet import reactor
+
+        await self.start()
+        self.addCleanup(self.stop)
+        heard: list[tuple[int, str | None]] = []
+        worker: PersistWorker[str] = PersistWorker(
+            self.messages,
+            reactor,
+            BatchPolicy(max_batch=50, max_delay=0.002),
+            lambda items: heard.extend((item.message.seq if item.message else -1, item.context) for item in items),
+        )
+        for n in range(1, 121):
+            worker.put(request(n), f"c{n}")
+        await worker.stop()
+        self.assertEqual(heard, [(n, f"c{n}") for n in range(1, 121)])
+        self.assertEqual(await self.messages.count(), 120)
+
     async def test_redelivered_batch_inserts_nothing_twice(self) -> None:
         """Committing the same requests again (a broker redelivery) stores nothing and returns the same messages."""
         await self.start()

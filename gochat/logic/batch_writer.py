@@ -1,7 +1,10 @@
 """Buffer items and write them in batches, one transaction per batch.
 
-Callers get a Deferred per item that fires only after the batch holding it
-has been written (committed) by the sink. Batches commit in order, so an item
+Callers get a Deferred per item (:meth:`BatchWriter.add`) that fires only
+after the batch holding it has been written (committed) by the sink; or,
+where a caller hears of commits a batch at a time (``on_written``, called
+with each batch's items once it is committed and before their Deferreds
+fire), they queue items with :meth:`BatchWriter.put` and no Deferred at all. Batches commit in order, so an item
 is never committed before an item added earlier, and item Deferreds fire in
 the order the items were added. A failed write is retried with exponential
 backoff, the same batch again, until it succeeds: nothing is acknowledged
@@ -59,7 +62,7 @@ class EarlierBatchError(Exception):
 #: An ordered sink: the items, and ``after``, which fires once the batch before is committed (or fails if not).
 OrderedSink = Callable[[list[T], Deferred[None]], Deferred[None]]
 
-_Batch = list[tuple[T, Deferred[None]]]
+_Batch = list[tuple[T, Deferred[None] | None]]
 
 
 @dataclass(eq=False)
@@ -75,20 +78,41 @@ class _Flight(Generic[T]):
 class BatchWriter(Generic[T]):
     """Groups items into batches for *sink*, driven by *clock*; one batch written at a time."""
 
-    def __init__(self, sink: Callable[[list[T]], Deferred[None]], clock: IReactorTime, policy: BatchPolicy) -> None:
-        self._setup(lambda items, _after: sink(items), clock, policy, depth=1)
+    def __init__(
+        self,
+        sink: Callable[[list[T]], Deferred[None]],
+        clock: IReactorTime,
+        policy: BatchPolicy,
+        on_written: Callable[[list[T]], None] | None = None,
+    ) -> None:
+        self._setup(lambda items, _after: sink(items), clock, policy, 1, on_written)
 
     @classmethod
-    def overlapping(cls, sink: OrderedSink[T], clock: IReactorTime, policy: BatchPolicy, depth: int) -> BatchWriter[T]:
+    def overlapping(
+        cls,
+        sink: OrderedSink[T],
+        clock: IReactorTime,
+        policy: BatchPolicy,
+        depth: int,
+        on_written: Callable[[list[T]], None] | None = None,
+    ) -> BatchWriter[T]:
         """A writer with up to *depth* batches handed to the ordered *sink* at a time (see the module)."""
         if depth < 1:
             raise ValueError(f"depth must be at least 1, not {depth}")
         writer: BatchWriter[T] = cls.__new__(cls)
-        writer._setup(sink, clock, policy, depth)
+        writer._setup(sink, clock, policy, depth, on_written)
         return writer
 
-    def _setup(self, sink: OrderedSink[T], clock: IReactorTime, policy: BatchPolicy, depth: int) -> None:
+    def _setup(
+        self,
+        sink: OrderedSink[T],
+        clock: IReactorTime,
+        policy: BatchPolicy,
+        depth: int,
+        on_written: Callable[[list[T]], None] | None,
+    ) -> None:
         self._sink = sink
+        self._on_written = on_written
         self._clock = clock
         self._policy = policy
         self._depth = depth
@@ -110,19 +134,30 @@ class BatchWriter(Generic[T]):
         return len(self._pending)
 
     def add(self, item: T) -> Deferred[None]:
-        """Queue *item*; the Deferred fires once it is committed."""
+        """Queue *item*; the Deferred fires once it is committed.
+
+        :raises GochatError: ``shutting_down`` once :meth:`stop` was called, ``unavailable`` while the backlog
+            is full; nothing is queued then.
+        """
+        d: Deferred[None] = Deferred()
+        self._queue(item, d)
+        return d
+
+    def put(self, item: T) -> None:
+        """Queue *item* for a caller that hears of its commit through ``on_written``; raises as :meth:`add`."""
+        self._queue(item, None)
+
+    def _queue(self, item: T, waiter: Deferred[None] | None) -> None:
         if self._stopping:
             raise GochatError(ErrorCode.SHUTTING_DOWN, "the writer is stopping")
         if len(self._pending) >= self._policy.max_pending:
             raise GochatError(ErrorCode.UNAVAILABLE, "the store is behind; retry")
-        d: Deferred[None] = Deferred()
-        self._pending.append((item, d))
+        self._pending.append((item, waiter))
         if not self._busy and self._can_write():
             if len(self._pending) >= self._policy.max_batch:
                 self._pump()
             elif self._timer is None:
                 self._timer = self._clock.callLater(self._policy.max_delay, self._timer_fired)
-        return d
 
     def flush(self) -> Deferred[None]:
         """Write everything queued now; fires once all of it is committed."""
@@ -204,8 +239,15 @@ class BatchWriter(Generic[T]):
             self.batches_written += 1
             self._busy += 1
             try:
+                if self._on_written is not None:
+                    try:
+                        self._on_written([item for item, _ in done.batch])
+                    except Exception:
+                        # Its items are committed whatever the hook did: a raising hook must not stall the writer.
+                        _log.failure("on_written failed for a committed batch of {size}", size=len(done.batch))
                 for _item, waiter in done.batch:
-                    waiter.callback(None)
+                    if waiter is not None:
+                        waiter.callback(None)
             finally:
                 self._busy -= 1
             done.done.callback(None)

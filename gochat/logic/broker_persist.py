@@ -426,7 +426,7 @@ class BrokerPersistConsumer(Service):
             taken.in_worker += 1
             taken.accepted += 1
             try:
-                committed = self.worker.submit(request, _Delivered(taken, reply_to))
+                self.worker.put(request, _Delivered(taken, reply_to))  # its commit comes to batch_committed
             except GochatError as error:
                 taken.in_worker -= 1
                 taken.accepted -= 1
@@ -442,7 +442,6 @@ class BrokerPersistConsumer(Service):
                     continue
                 taken.unsubmitted.appendleft(item)  # the worker is full or stopping
                 return False
-            committed.addErrback(_log_submit_failure)
         return True
 
     def _settle_alone(self, taken: _Taken) -> None:
@@ -481,10 +480,6 @@ class BrokerPersistConsumer(Service):
         self._then(items)
         if self._held:
             self._pump()
-
-
-def _log_submit_failure(failure: Failure) -> None:
-    _log.failure("persist request failed", failure)
 
 
 def _log_reply_failure(failure: Failure) -> None:

@@ -71,6 +71,12 @@ class PersistWorker(Generic[C]):
         d = self.writer.add(item)
         return d.addCallback(lambda _: _stored(item))
 
+    def put(self, request: PersistRequest, context: C | None = None) -> None:
+        """Queue *request* as :meth:`submit` does, with no Deferred: for a caller that hears of the commit
+        through ``on_committed`` only (a broker consumer), which saves the Deferred's cost on every message."""
+        self._store.check(request)
+        self.writer.put(Committed(request, context))
+
     def stop(self) -> Deferred[None]:
         """Refuse new requests and commit everything queued."""
         return self.writer.stop()
