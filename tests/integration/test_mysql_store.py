@@ -636,6 +636,30 @@ class MysqlStoreTests(StoreContract, TestCase):
         await self.messages.insert_batch([edit])
         self.assertEqual(await self.messages.messages_before("d:1:2", 200, 2), [recall, edit])
 
+    async def test_put_messages_are_heard_of_per_batch_once_committed(self) -> None:
+        """put queues with no Deferred: on_written hears of each batch, in order, only once it is committed (its
+        rows are visible to another connection by then)."""
+        from twisted.internet import reactor
+
+        await self.start()
+        heard: list[tuple[int, int]] = []
+
+        def written(batch: list[StoredMessage]) -> None:
+            stored = self.query("SELECT COUNT(*) FROM messages WHERE seq <= %s", batch[-1].seq)[0][0]
+            heard.append((batch[-1].seq, stored))
+
+        store = MysqlMessageStore(
+            self.pool, reactor, BatchPolicy(max_batch=40, max_delay=0.002), overlap=2, on_written=written
+        )
+        for seq in range(1, 121):
+            store.put(message(seq))
+        with self.assertRaises(GochatError) as raised:
+            store.put(message(121, cmid="c" * 256))
+        self.assertEqual(raised.exception.code, ErrorCode.BAD_REQUEST)
+        await store.writer.stop()
+        self.assertEqual(heard, [(40, 40), (80, 80), (120, 120)])
+        self.assertEqual(await self.messages.messages_in("d:1:2", limit=200), [message(seq) for seq in range(1, 121)])
+
     async def test_redelivered_batch_inserts_nothing_twice(self) -> None:
         """The same messages again, through the writer or insert_batch, are no-ops on every unique key."""
         await self.start()
