@@ -398,7 +398,7 @@ async def bench(reactor: Any, args: argparse.Namespace) -> dict[str, Any]:
                 cursor.execute("TRUNCATE TABLE messages")
                 log(
                     args.quiet,
-                    f"batched: {args.rows} rows through append, {args.batch} per batch, {args.overlap} in flight",
+                    f"batched: {args.rows} rows through put, {args.batch} per batch, {args.overlap} in flight",
                 )
                 batched = await run_batched(pool, reactor, policy, args.overlap, rows, args.in_flight, cursor)
                 cursor.execute("TRUNCATE TABLE messages")
