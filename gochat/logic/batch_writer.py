@@ -1,12 +1,13 @@
 """Buffer items and write them in batches, one transaction per batch.
 
 Callers get a Deferred per item (:meth:`BatchWriter.add`) that fires only
-after the batch holding it has been written (committed) by the sink; or,
-where a caller hears of commits a batch at a time (``on_written``, called
-with each batch's items once it is committed and before their Deferreds
-fire), they queue items with :meth:`BatchWriter.put` and no Deferred at all. Batches commit in order, so an item
-is never committed before an item added earlier, and item Deferreds fire in
-the order the items were added. A failed write is retried with exponential
+after the batch holding it has been written (committed) by the sink. A
+caller that hears of commits a batch at a time instead, through
+``on_written`` (called with each batch's items once it is committed, before
+their Deferreds fire), queues items with :meth:`BatchWriter.put` and pays for
+no Deferred at all. Batches commit in order, so an item is never committed
+before an item added earlier, and item Deferreds fire in the order the items
+were added. A failed write is retried with exponential
 backoff, the same batch again, until it succeeds: nothing is acknowledged
 that is not written, and nothing is reordered. While the backlog is over
 ``max_pending`` new items are refused with ``unavailable`` so memory stays
