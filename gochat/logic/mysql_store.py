@@ -549,17 +549,32 @@ class SqlLiterals:
     def joined(self, shape: RowShape, rows: Sequence[tuple[object, ...]]) -> bytes:
         """*rows* written (:meth:`rows`) and separated by commas, e.g. for an ``IN (...)`` list or a statement.
 
-        The usual batch, every value of exactly its column's type and no
-        text that needs escaping, is written by one ``%`` format and one
-        encode for all its rows; any other goes row by row (:meth:`rows`).
+        The usual batch, every value of exactly its column's type, is
+        written by one ``%`` format and one encode for all its rows; if some
+        text needed escaping (an apostrophe is common enough in chat), the
+        texts that need it are escaped and the batch is formatted once more.
+        A batch with a value of any other type goes row by row (:meth:`rows`).
         """
         if rows and set(map(len, rows)) == {len(shape.types)}:
             values = tuple(chain.from_iterable(rows))
             if shape.are_exact(values):
-                data = (shape.batch_template(len(rows)) % values).encode(self.encoding)
-                if self._clean(data, 2 * len(shape.text_columns) * len(rows)):
-                    return data
+                template = shape.batch_template(len(rows))
+                data = (template % values).encode(self.encoding)
+                if not self._clean(data, 2 * len(shape.text_columns) * len(rows)):
+                    data = (template % self._escaped_texts(shape, values)).encode(self.encoding)
+                return data
         return b",".join(self.rows(shape, rows))
+
+    def _escaped_texts(self, shape: RowShape, values: tuple[object, ...]) -> tuple[object, ...]:
+        """*values*, rows of *shape* laid end to end, with each text that needs escaping escaped."""
+        escaped = list(values)
+        width = len(shape.types)
+        for column in shape.text_columns:
+            for index in range(column, len(escaped), width):
+                text = escaped[index]
+                if self._needs_escaping(text):  # type: ignore[arg-type]
+                    escaped[index] = self.escaped(text)  # type: ignore[arg-type]
+        return tuple(escaped)
 
 
 #: PyMySQL's ``Cursor.max_stmt_length``: ``executemany`` starts a new statement rather than pass it.
