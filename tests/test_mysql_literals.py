@@ -1,5 +1,5 @@
 """The MariaDB store's multi-row statements (:class:`gochat.logic.mysql_store.SqlLiterals`,
-:func:`~gochat.logic.mysql_store.execute_rows`) are byte for byte what PyMySQL's ``executemany`` and ``mogrify``
+:func:`~gochat.logic.mysql_store.execute_literal_rows`) are byte for byte what PyMySQL's ``executemany`` and ``mogrify``
 send, over many generated rows: nasty characters, non-ASCII, long values, values of other
 types, either escaping mode (backslashes, or doubled quotes under ``NO_BACKSLASH_ESCAPES``), split into the same
 statements. No server needed: PyMySQL escapes without one. (The round trip through MariaDB is in
@@ -18,7 +18,15 @@ from pymysql.constants import SERVER_STATUS
 from twisted.trial.unittest import SynchronousTestCase
 
 from gochat.logic import mysql_store
-from gochat.logic.mysql_store import HEAD_ROW, KEY_ROW, MESSAGE_ROW, TEXT_VALUE, RowShape, SqlLiterals, execute_rows
+from gochat.logic.mysql_store import (
+    HEAD_ROW,
+    KEY_ROW,
+    MESSAGE_ROW,
+    TEXT_VALUE,
+    RowShape,
+    SqlLiterals,
+    execute_literal_rows,
+)
 
 #: Every character PyMySQL escapes, quote-like and percent characters it does not, and text beyond ASCII:
 #: Latin-1, a combining mark, CJK, an astral emoji, a ZWJ, U+FFFF, a (valid) noncharacter, the BOM.
@@ -142,7 +150,7 @@ def head_row(rng: random.Random, odd: float = 0.0) -> tuple[object, ...]:
 
 
 class LiteralsMatchPyMySQL(SynchronousTestCase):
-    """execute_rows and SqlLiterals against PyMySQL's executemany and Connection.escape."""
+    """execute_literal_rows and SqlLiterals against PyMySQL's executemany and Connection.escape."""
 
     def assertSame(self, ours: list[bytes], expected: list[bytes]) -> None:
         """Equal lists of statements or rows; else the first difference, in short (a diff of megabytes takes
@@ -165,7 +173,7 @@ class LiteralsMatchPyMySQL(SynchronousTestCase):
     ) -> list[bytes]:
         cursor = RecordingCursor(conn, **kw)
         mysql_store._max_allowed_packet.pop(conn, None)
-        execute_rows(cursor, prefix, shape, rows, postfix)
+        execute_literal_rows(cursor, prefix, shape, rows, postfix)
         return cursor.sent
 
     def test_placeholders(self) -> None:
@@ -316,7 +324,7 @@ class LiteralsMatchPyMySQL(SynchronousTestCase):
         mysql_store._max_allowed_packet.pop(conn, None)
         big = [*rows[:3], (200, "d:1:2", 200, 1, "s", "big", "y" * 100_000, 0, "text", 0)]
         with self.assertRaises(pymysql.err.OperationalError) as raised:
-            execute_rows(cursor, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, big)
+            execute_literal_rows(cursor, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, big)
         self.assertEqual(raised.exception.args[0], mysql_store.ER_NET_PACKET_TOO_LARGE)
         self.assertEqual(cursor.sent, [])
 

@@ -30,9 +30,14 @@ Two ways in for messages, each one transaction and one multi-row ``INSERT`` per 
     still commit, and are acknowledged, in order. The persist worker's batches
     do not overlap: each one's seqs depend on the one before.
 
-The multi-row statements of both are built here (:class:`SqlLiterals`), not by
-PyMySQL's ``executemany``: the same bytes, split into statements the same way,
-but about five times cheaper per row, since the types of the columns are known.
+The messages of a batch go through a statement prepared once per connection
+for that many rows when the count recurs (a full batch, under load), sent
+over the binary protocol (:mod:`gochat.logic.mysql_prepared`): MariaDB then
+binds values instead of parsing literals. Other multi-row statements, and
+batches of an odd size, are written here as literals (:class:`SqlLiterals`),
+not by PyMySQL's ``executemany``: the same bytes, split into statements the
+same way, but about five times cheaper per row, since the types of the
+columns are known.
 
 ``IGNORE`` also turns data errors into warnings (a too-long value truncated,
 an unencodable one replaced), and a data error in a plain ``INSERT`` would
@@ -76,6 +81,7 @@ from gochat.errors import ErrorCode, GochatError
 from gochat.logic import migrate
 from gochat.logic.batch_writer import BatchPolicy, BatchWriter, EarlierBatchError
 from gochat.logic.interfaces import Account, ConversationState, Group, Member, StaleSequenceError
+from gochat.logic.mysql_prepared import BinaryRows, prepared_statements
 from gochat.logic.sequencing import Assignment, assign_seqs, conversation_heads
 from gochat.model import MessageKind, PersistRequest, StoredMessage
 
@@ -429,6 +435,16 @@ class RowShape:
     types: tuple[type, ...]
     parenthesized: bool = True
     exact: Callable[[tuple[object, ...]], bool] | None = None
+    #: Whether :func:`execute_rows` sends rows of this shape to prepared statements, which pays where the same
+    #: number of rows recurs (a batch of messages) and not where it varies (a batch's per-user index rows).
+    prepared: bool = False
+    #: The ``int`` columns that are signed ``BIGINT`` (the others are unsigned), for :attr:`binary`.
+    signed: tuple[int, ...] = ()
+
+    @cached_property
+    def binary(self) -> BinaryRows | None:
+        """How rows of this shape are sent to a prepared statement, or ``None`` if they are not (:attr:`prepared`)."""
+        return BinaryRows(self.types, self.signed) if self.prepared and self.parenthesized else None
 
     @cached_property
     def template(self) -> str:
@@ -471,7 +487,9 @@ def _exact_message(row: tuple[object, ...]) -> bool:
 
 
 #: A message, as :func:`_message_row` gives it (the columns of :data:`_MESSAGE_COLUMNS`).
-MESSAGE_ROW = RowShape((int, str, int, int, str, str, str, int, str, int), exact=_exact_message)
+MESSAGE_ROW = RowShape(
+    (int, str, int, int, str, str, str, int, str, int), exact=_exact_message, prepared=True, signed=(7,)
+)
 #: A row of the per-user index upsert: ``(user_id, conv, last_seq, acked_seq)``.
 HEAD_ROW = RowShape((int, str, int, int))
 #: A ``(sender_id, client_msg_id)`` pair.
@@ -613,6 +631,39 @@ def statements(prefix: bytes, rows: Sequence[bytes], postfix: bytes, max_bytes: 
 
 
 def execute_rows(
+    cursor: Any, prefix: str, shape: RowShape, rows: Sequence[tuple[object, ...]], postfix: str = ""
+) -> int:
+    """Execute ``prefix (row),(row),... postfix``; the affected rows.
+
+    Through a statement prepared on the connection for that many rows
+    (:mod:`gochat.logic.mysql_prepared`) when it has one or is asked for one
+    a second time, every value is of exactly its column's type and the
+    values fit one command; otherwise as literals
+    (:func:`execute_literal_rows`). The server stores the same values
+    either way.
+    """
+    if not rows:
+        return 0
+    connection = cursor.connection
+    binary = shape.binary
+    if (
+        binary is not None
+        and connection.encoding in _UTF8_ENCODINGS
+        and set(map(len, rows)) == {binary.width}
+        and shape.are_exact(tuple(chain.from_iterable(rows)))
+    ):
+        limit = min(MAX_STATEMENT_BYTES, _packet_limit(cursor) - 1)
+        affected = prepared_statements(connection).execute(binary, prefix, rows, postfix, limit)
+        if affected is not None:
+            return affected
+    return execute_literal_rows(cursor, prefix, shape, rows, postfix)
+
+
+#: PyMySQL's names of the encoding of a ``utf8mb4`` connection: what :class:`BinaryRows` writes text in.
+_UTF8_ENCODINGS = frozenset({"utf8", "utf-8"})
+
+
+def execute_literal_rows(
     cursor: Any, prefix: str, shape: RowShape, rows: Sequence[tuple[object, ...]], postfix: str = ""
 ) -> int:
     """Execute ``prefix (row),(row),... postfix``, the rows written by :meth:`SqlLiterals.rows`.

@@ -29,7 +29,7 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 
 from gochat.errors import ErrorCode, GochatError
-from gochat.logic import migrate, mysql_store
+from gochat.logic import migrate, mysql_prepared, mysql_store
 from gochat.logic.batch_writer import BatchPolicy, BatchWriter, EarlierBatchError
 from gochat.logic.interfaces import StaleSequenceError
 from gochat.logic.mysql_store import (
@@ -903,6 +903,100 @@ class MysqlStoreTests(StoreContract, TestCase):
             {conv: int(seq) for conv, seq in heads},
             {conv: max(m.seq for m in assignment.new if m.conv == conv) for conv in convs},
         )
+
+    def strict_connection(self) -> Any:
+        """A connection to the test database in the store's SQL mode, closed at cleanup."""
+        connection = admin_connection(self.database)
+        self.addCleanup(connection.close)
+        mysql_store._configure_session(connection)
+        return connection
+
+    @staticmethod
+    def session_status(cursor: Any, name: str) -> int:
+        cursor.execute("SHOW SESSION STATUS LIKE %s", (name,))
+        return int(cursor.fetchone()[1])
+
+    def test_prepared_statements_store_exactly_what_literals_store(self) -> None:
+        """Batches of 20 rows of odd text, 0-70,000 byte bodies and every edge of both number kinds: the first two
+        go as literals, the rest through one prepared statement, and every value reads back as it was."""
+        self.migrate_database()
+        rng = random.Random(9)
+        cursor = self.strict_connection().cursor()
+        executions = self.session_status(cursor, "Com_stmt_execute")
+        written: list[tuple[Any, ...]] = []
+        for batch in range(6):
+            rows = []
+            for n in range(20):
+                msg_id = batch * 20 + n + 1
+                text = "".join(rng.choices(NASTY_TEXT, k=rng.randrange(128)))
+                rows.append(
+                    (
+                        2**64 - msg_id,
+                        text or "c",
+                        rng.choice((1, 2**64 - 1 - msg_id)),
+                        rng.choice((0, 2**64 - 1)),
+                        text[:64],
+                        f"{msg_id}{text}"[:255],
+                        "".join(rng.choices(NASTY_TEXT, k=rng.choice((0, 300, 70_000)))),
+                        rng.choice((-(2**63), -1, 0, 2**63 - 1)),
+                        rng.choice(sorted(MessageKind.ALL)),
+                        rng.choice((0, 2**64 - 1)),
+                    )
+                )
+            self.assertEqual(mysql_store.execute_rows(cursor, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, rows), 20)
+            written += rows
+        self.assertEqual(self.session_status(cursor, "Com_stmt_execute") - executions, 4)
+        cursor.execute(f"SELECT {mysql_store._MESSAGE_COLUMNS} FROM messages ORDER BY msg_id DESC")
+        self.assertEqual(cursor.fetchall(), tuple(written))
+
+    def test_prepared_statements_answer_as_literals_do(self) -> None:
+        """Through a prepared statement, INSERT IGNORE counts only the new rows; a plain INSERT of a stored row fails
+        with the duplicate-key error the persist path turns into StaleSequenceError, and so does a value too long
+        for its column, each in strict mode; the connection goes on."""
+        self.migrate_database()
+        connection = self.strict_connection()
+        cursor = connection.cursor()
+        rows = [mysql_store._message_row(message(seq)) for seq in range(1, 6)]
+        insert_ignore = mysql_store._INSERT_MESSAGES
+        affected = [mysql_store.execute_rows(cursor, insert_ignore, MESSAGE_ROW, rows[:2]) for _ in range(3)]
+        self.assertEqual(affected, [2, 0, 0])
+        statements = mysql_prepared.prepared_statements(connection)
+        self.assertEqual(statements.prepared, 1)
+        again = rows[1:3]
+        for _ in range(3):
+            executions = self.session_status(cursor, "Com_stmt_execute")
+            with self.assertRaises(pymysql.err.IntegrityError) as raised:
+                mysql_store.execute_rows(cursor, mysql_store._INSERT_NEW_MESSAGES, MESSAGE_ROW, again)
+            self.assertEqual(raised.exception.args[0], mysql_store.ER_DUP_ENTRY)
+        self.assertEqual(self.session_status(cursor, "Com_stmt_execute") - executions, 1)
+        self.assertEqual(mysql_store.execute_rows(cursor, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, again), 1)
+        too_long = [rows[3], (*rows[4][:1], "c" * 129, *rows[4][2:])]
+        for _ in range(3):
+            with self.assertRaises(pymysql.err.DataError):
+                mysql_store.execute_rows(cursor, mysql_store._INSERT_NEW_MESSAGES, MESSAGE_ROW, too_long)
+        self.assertEqual(statements.prepared, 2)  # INSERT IGNORE and INSERT, of 2 rows each
+        cursor.execute("SELECT seq FROM messages ORDER BY seq")
+        self.assertEqual(cursor.fetchall(), ((1,), (2,), (3,)))
+
+    def test_prepared_statements_survive_a_reconnect(self) -> None:
+        """The same PyMySQL connection reconnected is a new server session: its statements are prepared again."""
+        self.migrate_database()
+        connection = self.strict_connection()
+        cursor = connection.cursor()
+        for seq in range(1, 4):
+            mysql_store.execute_rows(
+                cursor, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, [mysql_store._message_row(message(seq))]
+            )
+        self.assertEqual(mysql_prepared.prepared_statements(connection).prepared, 1)
+        connection.close()
+        connection.connect()
+        mysql_store._configure_session(connection)
+        cursor = connection.cursor()
+        row = mysql_store._message_row(message(4))
+        self.assertEqual(mysql_store.execute_rows(cursor, mysql_store._INSERT_MESSAGES, MESSAGE_ROW, [row]), 1)
+        self.assertEqual(mysql_prepared.prepared_statements(connection).prepared, 2)
+        cursor.execute("SELECT COUNT(*) FROM messages")
+        self.assertEqual(cursor.fetchone(), (4,))
 
     def test_escaping_without_backslashes(self) -> None:
         """In a session with NO_BACKSLASH_ESCAPES (quotes doubled, backslashes literal) the same rows round-trip
