@@ -5,7 +5,7 @@ Run from the repository root (MariaDB on 127.0.0.1:3306, user root)::
     python bench/db.py                                   # human-readable summary
     python bench/db.py --json                            # one JSON object on stdout
     python bench/db.py --json --output bench/results/db.json
-    python bench/db.py --rows 100000 --naive-rows 3000 --batch 500 --overlap 2
+    python bench/db.py --rows 100000 --naive-rows 3000 --batch 500 --overlap 3
     python bench/db.py --ceilings                        # also what the server and a bare client reach
 
 What is measured
@@ -26,10 +26,12 @@ through the production adbapi pool (:func:`gochat.logic.mysql_store.connect_pool
 ``batched``
     All ``--rows`` messages through ``MysqlMessageStore.put``, i.e. the
     shared :class:`~gochat.logic.batch_writer.BatchWriter`: one multi-row
-    ``INSERT IGNORE`` (written by ``SqlLiterals``) in one transaction per
-    batch of ``--batch`` messages, ``--overlap`` batches in flight on as many
-    connections (the next one is written while the one before commits, and
-    commits after it). ``--in-flight`` messages are offered at the start
+    ``INSERT IGNORE`` in one transaction per batch of ``--batch`` messages
+    (from the third full batch on a connection, through the statement
+    prepared for that many rows, :mod:`gochat.logic.mysql_prepared`; before
+    that as literals written by ``SqlLiterals``), ``--overlap`` batches in
+    flight on as many connections (the next ones are written while the one
+    before commits, and commit after it). ``--in-flight`` messages are offered at the start
     and each acknowledgement offers the next one, as that many senders each
     waiting for its ack would (offering all 100,000 at once would instead
     measure a backlog of 100,000). Acknowledgements come a batch at a time,
@@ -64,7 +66,9 @@ the server alone (``server_one_connection``: the statements built before the
 clock starts, sent one after another; ``server_two_connections``: the same
 statements from two connections at once, commits in no particular order), and
 a synchronous client that builds them as it goes (``client_pymysql``:
-PyMySQL's ``executemany``; ``client_literals``: ``execute_rows``).
+PyMySQL's ``executemany``; ``client_literals``: ``execute_literal_rows``;
+``client_prepared``: ``execute_rows``, which sends each batch after the
+second to a prepared statement, :mod:`gochat.logic.mysql_prepared`).
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ from gochat.logic.mysql_store import (  # noqa: E402
     _message_row,
     connect_pool,
     connection_arguments,
+    execute_literal_rows,
     execute_rows,
 )
 from gochat.logic.persist import PersistWorker  # noqa: E402
@@ -355,6 +360,12 @@ def run_ceilings(settings: MysqlSettings, rows: list[StoredMessage], batch: int,
     def literals_execute_rows(connection: Any, _: int) -> None:
         with connection.cursor() as own:
             for part in batches:
+                execute_literal_rows(own, _INSERT_MESSAGES, MESSAGE_ROW, part)
+                connection.commit()
+
+    def prepared_execute_rows(connection: Any, _: int) -> None:
+        with connection.cursor() as own:
+            for part in batches:
                 execute_rows(own, _INSERT_MESSAGES, MESSAGE_ROW, part)
                 connection.commit()
 
@@ -363,6 +374,7 @@ def run_ceilings(settings: MysqlSettings, rows: list[StoredMessage], batch: int,
         "server_two_connections": measure("server_two_connections", 2, lambda c, k: prebuilt(c, k, 2)),
         "client_pymysql": measure("client_pymysql", 1, pymysql_executemany),
         "client_literals": measure("client_literals", 1, literals_execute_rows),
+        "client_prepared": measure("client_prepared", 1, prepared_execute_rows),
     }
 
 
@@ -468,7 +480,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--naive-rows", type=int, default=3_000, help="rows for the naive path (default 3,000)")
     parser.add_argument("--batch", type=int, default=500, help="BatchWriter max_batch (default 500)")
     parser.add_argument(
-        "--overlap", type=int, default=2, help="batched path: batches in flight (default 2; the store: 1)"
+        "--overlap", type=int, default=3, help="batched path: batches in flight (default 3; the store: 1)"
     )
     parser.add_argument("--ceilings", action="store_true", help="also measure the server alone and a bare client")
     parser.add_argument(
