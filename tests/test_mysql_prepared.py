@@ -4,8 +4,10 @@ through a real server is in ``tests/integration/test_mysql_store.py``."""
 
 from __future__ import annotations
 
+import gc
 import random
 import struct
+import weakref
 from typing import Any
 
 import pymysql
@@ -99,21 +101,32 @@ class BinaryRowsTests(SynchronousTestCase):
         self.assertIsNone(HEAD_ROW.binary)
 
 
+class Socket:
+    """Stands for a connection's socket: a new one after a reconnect."""
+
+
 class ScriptedConnection:
     """The packet layer of a PyMySQL connection, answering as the server would: a prepare gets its id, a
-    definition packet per parameter and an EOF; an execute an OK packet with ``affected`` rows."""
+    definition packet per parameter and an EOF; an execute an OK packet with ``affected`` rows. ``errors`` holds
+    ``(command, code)`` answers to give instead, each once, as an error packet."""
 
     def __init__(self) -> None:
         self.sent: list[tuple[int, bytes]] = []
-        self.server_thread_id = (7,)
+        self._sock: Socket | None = Socket()
         self.server_status = 0
         self.next_id = 1
         self.affected = 0
         self.answers: list[bytes] = []
+        self.errors: list[tuple[int, int]] = []
 
     def _execute_command(self, command: int, data: bytes | str) -> None:
         data = data.encode() if isinstance(data, str) else data
         self.sent.append((command, data))
+        for error in self.errors:
+            if error[0] == command:
+                self.errors.remove(error)
+                self.answers.append(b"\xff" + struct.pack("<H", error[1]) + b"#HY000scripted error")
+                return
         if command == COMMAND.COM_STMT_PREPARE:
             parameters = data.count(b"?")
             self.answers.append(b"\x00" + struct.pack("<IHHBH", self.next_id, 0, parameters, 0, 0))
@@ -125,7 +138,10 @@ class ScriptedConnection:
             self.answers.append(b"\x00" + bytes((self.affected, 0)) + struct.pack("<HH", 2, 0))
 
     def _read_packet(self) -> MysqlPacket:
-        return MysqlPacket(self.answers.pop(0), "utf8")
+        packet = MysqlPacket(self.answers.pop(0), "utf8")
+        if packet.is_error_packet():
+            packet.raise_for_error()
+        return packet
 
     def _read_ok_packet(self) -> Any:
         ok = pymysql.protocol.OKPacketWrapper(self._read_packet())
@@ -218,14 +234,72 @@ class PreparedStatementsTests(SynchronousTestCase):
         self.assertEqual(self.connection.commands(), [COMMAND.COM_STMT_PREPARE])
 
     def test_a_reconnected_session_prepares_again(self) -> None:
+        """A new socket is a new server session, whatever its thread id: the statements are prepared again."""
         for _ in range(3):
             self.insert(2)
-        self.connection.server_thread_id = (8,)
+        self.connection._sock = Socket()
         self.insert(2)
         self.assertEqual(
             self.connection.commands(),
             [COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECUTE, COMMAND.COM_STMT_PREPARE, COMMAND.COM_STMT_EXECUTE],
         )
+
+    def test_a_closed_connection_gets_literals(self) -> None:
+        self.connection._sock = None
+        for _ in range(4):
+            self.assertIsNone(self.insert(2))
+        self.assertEqual(self.connection.sent, [])
+
+    def test_a_refused_prepare_means_literals_until_asked_as_often_again(self) -> None:
+        """max_prepared_stmt_count reached (1461): nothing stored, nothing raised; the count is prepared again at
+        its third ask after that."""
+        self.connection.errors.append((COMMAND.COM_STMT_PREPARE, 1461))
+        for _ in range(5):
+            self.assertIsNone(self.insert(2))
+        self.assertEqual(self.connection.commands(), [COMMAND.COM_STMT_PREPARE])
+        self.assertEqual(self.statements.refused, 1)
+        self.connection.affected = 2
+        self.assertEqual(self.insert(2), 2)
+        self.assertEqual(self.statements.prepared, 1)
+
+    def test_other_prepare_errors_are_raised(self) -> None:
+        self.connection.errors.append((COMMAND.COM_STMT_PREPARE, 1064))
+        self.insert(2)
+        self.insert(2)
+        with self.assertRaises(pymysql.err.ProgrammingError):
+            self.insert(2)
+
+    def test_a_lost_statement_is_forgotten(self) -> None:
+        """Unknown statement (1243): nothing was stored, so literals go instead, and the count is prepared again
+        at its third ask after that."""
+        for _ in range(3):
+            self.insert(2)
+        self.connection.errors.append((COMMAND.COM_STMT_EXECUTE, 1243))
+        self.assertIsNone(self.insert(2))
+        self.assertIsNone(self.insert(2))
+        self.assertIsNone(self.insert(2))
+        self.assertIsNotNone(self.insert(2))
+        self.assertEqual(self.statements.prepared, 2)
+
+    def test_statement_errors_are_raised_and_the_statement_kept(self) -> None:
+        """A duplicate key (1062) is the batch's answer, raised as PyMySQL raises it; the statement stays."""
+        for _ in range(3):
+            self.insert(2)
+        self.connection.errors.append((COMMAND.COM_STMT_EXECUTE, 1062))
+        with self.assertRaises(pymysql.err.IntegrityError) as raised:
+            self.insert(2)
+        self.assertEqual(raised.exception.args[0], 1062)
+        self.connection.sent.clear()
+        self.insert(2)
+        self.assertEqual(self.connection.commands(), [COMMAND.COM_STMT_EXECUTE])
+
+    def test_a_connection_let_go_is_freed_with_its_statements(self) -> None:
+        connection = ScriptedConnection()
+        mysql_prepared.prepared_statements(connection)
+        gone = weakref.ref(connection)
+        del connection
+        gc.collect()
+        self.assertIsNone(gone())
 
     def test_one_cache_per_connection(self) -> None:
         first = mysql_prepared.prepared_statements(self.connection)

@@ -36,7 +36,11 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import chain, repeat
 from typing import Any
 
+import pymysql
 from pymysql.constants import COMMAND, FIELD_TYPE
+from twisted.logger import Logger
+
+_log = Logger()
 
 #: Parameter types of ``COM_STMT_EXECUTE``: a type byte, then a flag byte whose top bit says unsigned.
 _UNSIGNED_BIGINT = bytes((FIELD_TYPE.LONGLONG, 0x80))
@@ -50,6 +54,13 @@ _NO_CURSOR_ONE_ITERATION = struct.pack("<BI", 0, 1)
 #: The bytes of a ``COM_STMT_EXECUTE`` besides its NULL bitmap, types and values: command, id, flags, iterations
 #: and the "types follow" byte.
 _EXECUTE_OVERHEAD = 1 + 4 + 5 + 1
+#: A statement's row count, with the text before and after its rows.
+_Key = tuple[str, int, str]
+#: The server's answers to a prepare that mean "send literals instead": ``max_prepared_stmt_count`` reached, and
+#: a statement that cannot be prepared.
+_PREPARE_REFUSED = frozenset({1461, 1295})
+#: The answer to an execute of a statement the server does not know (any more).
+ER_UNKNOWN_STMT_HANDLER = 1243
 #: The server refuses a statement with more placeholders than this.
 MAX_STATEMENT_PARAMETERS = 65_535
 
@@ -169,8 +180,14 @@ class PreparedStatements:
     time among the last *window* asks, so that the counts that recur (a full
     batch under load, a message or two when quiet) have one and the odd
     count of a partial batch costs no prepare (whose answer is a packet per
-    parameter). Statements belong to the server session: if the connection
-    reconnects (a new server thread id), they are forgotten.
+    parameter). Statements belong to the server session: when the
+    connection has a new socket (it reconnected), they are forgotten. A
+    server that refuses to prepare (its ``max_prepared_stmt_count`` reached)
+    or has lost a statement gets literals instead, and the count must be
+    asked for again as often before it is prepared again.
+
+    Only a weak reference to the connection is kept, so that the
+    connection's entry in :func:`prepared_statements` goes with it.
     """
 
     def __init__(
@@ -181,23 +198,35 @@ class PreparedStatements:
         window: int = 64,
         asks_to_prepare: int = 3,
     ) -> None:
-        self.connection = connection
+        self._connection = weakref.ref(connection)
         self.max_parameters = max_parameters
         self.max_statements = max_statements
         self.asks_to_prepare = asks_to_prepare
-        self._session = connection.server_thread_id
-        self._statements: OrderedDict[tuple[str, int, str], tuple[int, int]] = OrderedDict()
-        self._recent: deque[tuple[str, int, str]] = deque(maxlen=window)
-        self._recent_asks: Counter[tuple[str, int, str]] = Counter()
+        self._socket: weakref.ref[Any] | None = None
+        self._statements: OrderedDict[_Key, tuple[int, int]] = OrderedDict()
+        self._recent: deque[_Key] = deque(maxlen=window)
+        self._recent_asks: Counter[_Key] = Counter()
         self._parameters = 0
         self.prepared = 0
         self.closed = 0
+        self.refused = 0
+
+    @property
+    def connection(self) -> Any:
+        connection = self._connection()
+        if connection is None:
+            raise ReferenceError("the connection of these prepared statements is gone")
+        return connection
 
     def statement_id(self, rows: BinaryRows, prefix: str, count: int, postfix: str) -> int | None:
         """The id of the statement for *count* rows, prepared now if it has been asked for often enough; else
         ``None``."""
-        if self.connection.server_thread_id != self._session:
-            self._session = self.connection.server_thread_id
+        connection = self.connection
+        socket = connection._sock
+        if socket is None:
+            return None  # closed: the literal path reports it as PyMySQL does
+        if self._socket is None or self._socket() is not socket:
+            self._socket = weakref.ref(socket)
             self._statements.clear()
             self._parameters = 0
         key = (prefix, count, postfix)
@@ -213,15 +242,23 @@ class PreparedStatements:
         ):
             _, (old_id, old_parameters) = self._statements.popitem(last=False)
             self._parameters -= old_parameters
-            _close(self.connection, old_id)
+            _close(connection, old_id)
             self.closed += 1
-        statement_id = _prepare(self.connection, rows.statement(prefix, count, postfix))
+        try:
+            statement_id = _prepare(connection, rows.statement(prefix, count, postfix))
+        except pymysql.err.MySQLError as error:
+            if error.args[0] not in _PREPARE_REFUSED:
+                raise
+            _log.warn("the server refused to prepare a statement of {count} rows: {error}", count=count, error=error)
+            self._forget_asks(key)
+            self.refused += 1
+            return None
         self._statements[key] = (statement_id, parameters)
         self._parameters += parameters
         self.prepared += 1
         return statement_id
 
-    def _asked_often(self, key: tuple[str, int, str]) -> bool:
+    def _asked_often(self, key: _Key) -> bool:
         """Count an ask for *key*; whether it makes :attr:`asks_to_prepare` among the last asks."""
         if len(self._recent) == self._recent.maxlen:
             oldest = self._recent[0]
@@ -232,14 +269,20 @@ class PreparedStatements:
         self._recent_asks[key] += 1
         return self._recent_asks[key] >= self.asks_to_prepare
 
+    def _forget_asks(self, key: _Key) -> None:
+        self._recent = deque((other for other in self._recent if other != key), maxlen=self._recent.maxlen)
+        self._recent_asks.pop(key, None)
+
     def execute(
         self, rows: BinaryRows, prefix: str, values: Sequence[tuple[object, ...]], postfix: str, max_bytes: int
     ) -> int | None:
-        """Insert *values* through a prepared statement; the affected rows, or ``None`` if nothing was sent.
+        """Insert *values* through a prepared statement; the affected rows, or ``None`` if nothing was stored.
 
         Nothing is sent when there is no statement for their number yet
         (:meth:`statement_id`), a number does not fit its column, or the
-        command would take more than *max_bytes*.
+        command would take more than *max_bytes*; nothing is stored when the
+        server no longer knows the statement, which is then forgotten. Any
+        other error of the server is raised, as PyMySQL raises it.
         """
         statement_id = self.statement_id(rows, prefix, len(values), postfix)
         if statement_id is None:
@@ -248,7 +291,16 @@ class PreparedStatements:
         count = len(values) * rows.width
         if encoded is None or _EXECUTE_OVERHEAD + (count + 7) // 8 + 2 * count + len(encoded) > max_bytes:
             return None
-        return _execute(self.connection, statement_id, rows.parameter_types * len(values), count, encoded)
+        try:
+            return _execute(self.connection, statement_id, rows.parameter_types * len(values), count, encoded)
+        except pymysql.err.MySQLError as error:
+            if error.args[0] != ER_UNKNOWN_STMT_HANDLER:
+                raise
+            _log.warn("the server lost a prepared statement: {error}", error=error)
+            key = (prefix, len(values), postfix)
+            self._parameters -= self._statements.pop(key)[1]
+            self._forget_asks(key)
+            return None
 
 
 _by_connection: weakref.WeakKeyDictionary[Any, PreparedStatements] = weakref.WeakKeyDictionary()

@@ -636,9 +636,9 @@ def execute_rows(
     """Execute ``prefix (row),(row),... postfix``; the affected rows.
 
     Through a statement prepared on the connection for that many rows
-    (:mod:`gochat.logic.mysql_prepared`) when it has one or is asked for one
-    a second time, every value is of exactly its column's type and the
-    values fit one command; otherwise as literals
+    (:mod:`gochat.logic.mysql_prepared`) when it has one, or has been asked
+    for one often enough, every value is of exactly its column's type and
+    the values fit one command; otherwise as literals
     (:func:`execute_literal_rows`). The server stores the same values
     either way.
     """
