@@ -1110,13 +1110,23 @@ class MysqlStoreTests(StoreContract, TestCase):
         kills: list[int] = []
         reads: list[tuple[int, Deferred[int]]] = []
 
-        def batch_committed(result: object, n: int) -> object:
-            # Kill every pool connection after each committed batch until the
-            # writer has failed three times: a pool thread always comes back to
-            # a connection that was killed, so the failures are certain.
+        def kill_until_the_writer_has_failed(result: object) -> object:
             if self.writer(through_worker).write_failures < 3:
                 kills.append(self.kill_pool_connections())
-                reads.append((n, self.messages.last_seq("d:1:2")))
+            return result
+
+        def batch_committed(result: object, n: int) -> object:
+            # Kill every pool connection after each committed batch, and again
+            # once the read issued after that kill has answered (the read may
+            # have taken, failed on and replaced the connections the writer
+            # would have met), until the writer has failed three times: with
+            # no read in between, the writer's next batch meets a killed
+            # connection or is killed in flight, so the failures are certain.
+            if self.writer(through_worker).write_failures < 3:
+                kills.append(self.kill_pool_connections())
+                read = self.messages.last_seq("d:1:2")
+                read.addCallback(kill_until_the_writer_has_failed)
+                reads.append((n, read))
             return result
 
         submitted = []
