@@ -357,24 +357,24 @@ def run_ceilings(settings: MysqlSettings, rows: list[StoredMessage], batch: int,
                 own.executemany(query, part)
                 connection.commit()
 
-    def literals_execute_rows(connection: Any, _: int) -> None:
-        with connection.cursor() as own:
-            for part in batches:
-                execute_literal_rows(own, _INSERT_MESSAGES, MESSAGE_ROW, part)
-                connection.commit()
+    def each_batch_through(execute: Callable[..., int]) -> Callable[[Any, int], None]:
+        """Work that inserts the batches one transaction each, each with *execute* (``execute_rows`` or another
+        function of its signature)."""
 
-    def prepared_execute_rows(connection: Any, _: int) -> None:
-        with connection.cursor() as own:
-            for part in batches:
-                execute_rows(own, _INSERT_MESSAGES, MESSAGE_ROW, part)
-                connection.commit()
+        def work(connection: Any, _: int) -> None:
+            with connection.cursor() as own:
+                for part in batches:
+                    execute(own, _INSERT_MESSAGES, MESSAGE_ROW, part)
+                    connection.commit()
+
+        return work
 
     return {
         "server_one_connection": measure("server_one_connection", 1, prebuilt),
         "server_two_connections": measure("server_two_connections", 2, lambda c, k: prebuilt(c, k, 2)),
         "client_pymysql": measure("client_pymysql", 1, pymysql_executemany),
-        "client_literals": measure("client_literals", 1, literals_execute_rows),
-        "client_prepared": measure("client_prepared", 1, prepared_execute_rows),
+        "client_literals": measure("client_literals", 1, each_batch_through(execute_literal_rows)),
+        "client_prepared": measure("client_prepared", 1, each_batch_through(execute_rows)),
     }
 
 
